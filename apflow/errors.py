@@ -60,6 +60,10 @@ class CorruptDatasetError(DatasetError):
     """A stored dataset could not be decoded (truncated, wrong format, checksum mismatch)."""
 
 
+class StorageTypeError(DatasetError, TypeError):
+    """An object's Python type does not fit the storage class of its dataset type."""
+
+
 class InvalidDataIdError(ApflowError, ValueError):
     """A data id key or value is not allowed (wrong type, unsafe characters, missing keys)."""
 
@@ -69,6 +73,10 @@ class UnknownDatasetTypeError(ApflowError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class DatasetTypeConflictError(ApflowError, ValueError):
+    """A dataset type is registered again with different dimensions or storage."""
 
 
 class RepositoryError(ApflowError):

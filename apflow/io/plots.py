@@ -16,7 +16,9 @@ def scaled_image(image: np.ndarray, low: float = 1.0, high: float = 99.5) -> np.
         return np.zeros(image.shape)
     lo, hi = np.percentile(image[finite], [low, high])
     span = hi - lo if hi > lo else 1.0
-    scaled = np.arcsinh(np.clip((np.where(finite, image, lo) - lo) / span, 0, None) * 10) / np.arcsinh(10)
+    scaled = np.arcsinh(
+        np.clip((np.where(finite, image, lo) - lo) / span, 0, None) * 10
+    ) / np.arcsinh(10)
     return np.clip(scaled, 0.0, 1.0)
 
 
@@ -29,7 +31,9 @@ def exposure_png(exposure: Exposure, title: str = "", max_pixels: int = 1024) ->
     factor = max(1, int(np.ceil(max(image.shape) / max_pixels)))
     if factor > 1:
         h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-        image = np.nanmean(image[:h, :w].reshape(h // factor, factor, w // factor, factor), axis=(1, 3))
+        image = np.nanmean(
+            image[:h, :w].reshape(h // factor, factor, w // factor, factor), axis=(1, 3)
+        )
     fig = Figure(figsize=(6, 6 * image.shape[0] / image.shape[1] + 0.4), dpi=120)
     ax = fig.add_subplot()
     ax.imshow(scaled_image(image), origin="lower", cmap="gray", interpolation="nearest")
