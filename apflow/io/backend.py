@@ -89,6 +89,8 @@ class Backend:
         """True if a file or directory exists at ``path``."""
         if self.is_local:
             return os.path.lexists(path)
+        # s3fs answers from its listing cache when it has one; another process may have written
+        self.fs.invalidate_cache(path.rsplit("/", 1)[0])
         return self.fs.exists(path)
 
     def list_dir(self, path: str) -> list[str]:

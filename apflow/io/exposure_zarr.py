@@ -44,7 +44,7 @@ from ..core import Exposure, MaskPlanes, PhotoCalib, VisitInfo, psf_from_dict
 from .strict_json import from_jsonable, to_jsonable
 
 #: Lossless compressor of every pixel array (chosen from benchmarks/io.py, see module docstring).
-PIXEL_COMPRESSOR = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+PIXEL_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 #: Target chunk side in pixels.
 CHUNK_SIDE = 1024
 #: Largest chunk of a 1-D array, in elements.

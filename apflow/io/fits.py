@@ -87,7 +87,8 @@ def read_exposure_fits(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
-            with fits.open(name, memmap=False) as hdul:
+            # memory-mapped: each plane is then read once, by the byte-swapping copy below
+            with fits.open(name, memmap=True) as hdul:
                 return _read_hdul(hdul, name, mapping)
     except IngestError:
         raise
@@ -285,12 +286,13 @@ def _read_hdul(
     image_hdu = _image_hdu(hdul, name)
     primary = hdul[0].header
     fields = _fields(primary, image_hdu.header, name, mapping)
-    image = np.asarray(image_hdu.data, dtype=np.float32)
+    # astype copies, so nothing refers to the memory map once the file is closed
+    image = image_hdu.data.astype(np.float32)
     mask = variance = None
     if "MASK" in hdul:
-        mask = _remap_fits_mask(np.asarray(hdul["MASK"].data), hdul["MASK"].header)
+        mask = _remap_fits_mask(hdul["MASK"].data, hdul["MASK"].header)
     if "VARIANCE" in hdul:
-        variance = np.asarray(hdul["VARIANCE"].data, dtype=np.float32)
+        variance = hdul["VARIANCE"].data.astype(np.float32)
     wcs = WCS(image_hdu.header, naxis=2) if "CTYPE1" in image_hdu.header else None
     extras = {}
     for attr, key in _JSON_CARDS.items():
@@ -415,15 +417,22 @@ def _as_float(value: Any, field: str, name: str) -> float:
 
 def _remap_fits_mask(mask: np.ndarray, header: fits.Header) -> np.ndarray:
     """Map a file's mask bits (``MP_<PLANE>`` = bit index) onto :class:`MaskPlanes`."""
-    mask = np.asarray(mask).astype(np.int64)
+    mask = mask.astype(np.int32)  # native byte order, a copy (not a view of the memory map)
     planes = {k[3:]: int(v) for k, v in header.items() if k.startswith("MP_")}
-    if not planes:
-        return mask.astype(np.int32)
-    out = np.zeros(mask.shape, dtype=np.int32)
     current = MaskPlanes.to_dict()
-    for plane, bit_index in planes.items():
-        if plane in current:  # planes apflow has no name for are dropped
-            out |= np.where((mask >> bit_index) & 1, current[plane], 0).astype(np.int32)
+    if not planes:
+        return mask
+    # planes apflow has no name for are dropped rather than left on a bit that means another
+    # plane here
+    unknown = sum(1 << bit for plane, bit in planes.items() if plane not in current)
+    if all(current[p] == 1 << bit for p, bit in planes.items() if p in current):
+        # the usual case (files apflow wrote, or the same layout): one pass, not one per plane
+        keep = np.uint32(~unknown & 0xFFFFFFFF).view(np.int32)
+        return mask & keep if unknown else mask
+    out = np.zeros(mask.shape, dtype=np.int32)
+    for plane, bit in planes.items():
+        if plane in current:
+            out |= ((mask >> bit) & 1) * np.int32(current[plane])
     return out
 
 

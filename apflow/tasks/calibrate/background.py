@@ -1,0 +1,502 @@
+"""Sky background: binned clipped means interpolated smoothly to full resolution.
+
+The image is cut into square bins (128 px by default, Rubin's ``binSize``); in each bin the
+unmasked pixels are reduced to a sigma-clipped mean (Rubin's ``MEANCLIP``: start at the median
+with an IQR-based sigma, then iterate mean and standard deviation of the pixels within
+``n_sigma`` of the current mean). The grid of bin values sits at the bin centres and is
+interpolated to every pixel with a separable Akima spline (Rubin's ``AKIMA_SPLINE``), falling
+back to linear or constant interpolation when there are too few bins along an axis (Rubin's
+``REDUCE_INTERP_ORDER``). Bins without enough unmasked pixels are filled from their neighbours.
+
+The binned grid is the stored ``calexp_background``: :class:`BackgroundModel` rebuilds the
+full-resolution image from it and round-trips through a JSON-serialisable dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+from scipy.interpolate import Akima1DInterpolator, CubicSpline
+
+from ...core import Exposure, MaskPlanes
+from ...errors import ConfigError, TaskError
+from ..base import Task, TaskConfig
+
+INTERPOLATIONS = ("akima", "makima", "cubic", "linear", "constant")
+
+
+@dataclasses.dataclass
+class BackgroundConfig(TaskConfig):
+    """Configuration of :class:`SubtractBackgroundTask`.
+
+    Attributes
+    ----------
+    bin_size : int
+        Nominal side of a bin in pixels (Rubin ``binSize`` 128). The image is divided into
+        ``round(size / bin_size)`` bins per axis of (nearly) equal size.
+    n_sigma : float
+        Clipping threshold of the clipped mean in standard deviations (afw default 3.0).
+    n_iter : int
+        Clipping iterations after the median/IQR start (afw default 3).
+    ignored_mask_planes : tuple of str
+        Pixels with these planes set do not enter the bin statistics (Rubin's
+        ``ignoredPixelMask`` plus ``SAT``, whose clipped values are not sky).
+    min_valid_fraction : float
+        A bin with fewer unmasked pixels than this fraction of its area has no value of its own
+        and is filled from neighbouring bins. Default 0.05.
+    interpolation : str
+        ``"akima"`` (default, Rubin's), ``"makima"``, ``"cubic"`` (natural spline),
+        ``"linear"`` or ``"constant"`` (nearest bin).
+    """
+
+    bin_size: int = 128
+    n_sigma: float = 3.0
+    n_iter: int = 3
+    ignored_mask_planes: tuple[str, ...] = (
+        "BAD",
+        "SAT",
+        "EDGE",
+        "DETECTED",
+        "DETECTED_NEGATIVE",
+        "NO_DATA",
+    )
+    min_valid_fraction: float = 0.05
+    interpolation: str = "akima"
+
+    def validate(self) -> None:
+        if self.bin_size < 4:
+            raise ConfigError(f"bin_size must be >= 4 pixels, got {self.bin_size}")
+        if not self.n_sigma > 0 or self.n_iter < 0:
+            raise ConfigError("n_sigma must be > 0 and n_iter >= 0")
+        if not 0 <= self.min_valid_fraction <= 1:
+            raise ConfigError("min_valid_fraction must be in [0, 1]")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}")
+        MaskPlanes.bits(*self.ignored_mask_planes)
+
+
+@dataclasses.dataclass(eq=False)
+class BackgroundModel:
+    """A binned background and the recipe that interpolates it to full resolution.
+
+    Attributes
+    ----------
+    values : numpy.ndarray
+        ``(n_bins_y, n_bins_x)`` float64 background at the bin centres, image units (counts,
+        or nJy once calibrated). Bins without data hold the value filled from neighbours.
+    sigma : numpy.ndarray
+        ``(n_bins_y, n_bins_x)`` clipped standard deviation of the pixels (sky noise), NaN in
+        filled bins.
+    n_pixels : numpy.ndarray
+        ``(n_bins_y, n_bins_x)`` int pixels kept by the clipping (0 in filled bins).
+    x_centers, y_centers : numpy.ndarray
+        Pixel coordinates of the bin centres along x (columns) and y (rows).
+    width, height : int
+        Image size in pixels.
+    interpolation : str
+        Interpolation scheme (see :class:`BackgroundConfig`).
+    """
+
+    values: np.ndarray
+    sigma: np.ndarray
+    n_pixels: np.ndarray
+    x_centers: np.ndarray
+    y_centers: np.ndarray
+    width: int
+    height: int
+    interpolation: str = "akima"
+    _image: np.ndarray | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def image(self) -> np.ndarray:
+        """Full-resolution ``(height, width)`` float32 background image (computed once, cached:
+        treat the model and the returned array as read-only)."""
+        if self._image is None:
+            self._image = self._interpolate()
+        return self._image
+
+    def _interpolate(self) -> np.ndarray:
+        # Separable: along y at the bin columns (small), then along x for every row.
+        along_y = _interpolate_rows(self.y_centers, self.values.T, self.height, self.interpolation)
+        return _interpolate_rows(
+            self.x_centers, along_y.T.astype(np.float64), self.width, self.interpolation
+        )
+
+    def scaled(self, factor: float) -> BackgroundModel:
+        """The same model in other units (e.g. counts -> nJy): values and sigma times ``factor``."""
+        return dataclasses.replace(
+            self, values=self.values * factor, sigma=self.sigma * abs(factor)
+        )
+
+    def __add__(self, other: BackgroundModel) -> BackgroundModel:
+        """Sum of two models on the same bin grid (e.g. a first pass plus a correction)."""
+        if self.values.shape != other.values.shape or not (
+            np.array_equal(self.x_centers, other.x_centers)
+            and np.array_equal(self.y_centers, other.y_centers)
+        ):
+            raise ValueError("background models are on different bin grids")
+        return dataclasses.replace(other, values=self.values + other.values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (NaN kept as NaN)."""
+        return {
+            "type": "binned_background",
+            "width": int(self.width),
+            "height": int(self.height),
+            "interpolation": self.interpolation,
+            "x_centers": self.x_centers.tolist(),
+            "y_centers": self.y_centers.tolist(),
+            "values": self.values.tolist(),
+            "sigma": self.sigma.tolist(),
+            "n_pixels": self.n_pixels.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackgroundModel:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            values=np.asarray(data["values"], dtype=np.float64),
+            sigma=np.asarray(data["sigma"], dtype=np.float64),
+            n_pixels=np.asarray(data["n_pixels"], dtype=np.int64),
+            x_centers=np.asarray(data["x_centers"], dtype=np.float64),
+            y_centers=np.asarray(data["y_centers"], dtype=np.float64),
+            width=int(data["width"]),
+            height=int(data["height"]),
+            interpolation=str(data.get("interpolation", "akima")),
+        )
+
+
+@dataclasses.dataclass
+class BackgroundResult:
+    """Output of :class:`SubtractBackgroundTask`.
+
+    Attributes
+    ----------
+    exposure : Exposure
+        Background-subtracted exposure (new image array; mask and variance shared with the input).
+    background : BackgroundModel
+        The total background that was subtracted from the *original* image (the
+        ``calexp_background`` dataset).
+    background_image : numpy.ndarray
+        ``(height, width)`` float32 full-resolution background.
+    """
+
+    exposure: Exposure
+    background: BackgroundModel
+    background_image: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        """Median sky level and sky noise over the bins."""
+        return {
+            "sky_median": float(np.median(self.background.values)),
+            "sky_noise_median": float(np.nanmedian(self.background.sigma)),
+        }
+
+
+class SubtractBackgroundTask(Task):
+    """Estimate the sky background in bins and subtract its smooth interpolation."""
+
+    ConfigClass = BackgroundConfig
+    config: BackgroundConfig
+
+    def run(
+        self, exposure: Exposure, previous_background: BackgroundModel | None = None
+    ) -> BackgroundResult:
+        """Estimate and subtract the background.
+
+        Parameters
+        ----------
+        exposure : Exposure
+            The image (counts). Pixels flagged with ``config.ignored_mask_planes`` (e.g.
+            ``DETECTED`` after a detection pass) are left out of the statistics.
+        previous_background : BackgroundModel, optional
+            A background already subtracted from ``exposure``. It is added back first, so the
+            result holds the total background re-estimated from scratch (use this for a
+            second pass once sources are masked).
+
+        Returns
+        -------
+        BackgroundResult
+            The input exposure is not modified.
+
+        Raises
+        ------
+        TaskError
+            If no bin has enough unmasked pixels.
+        """
+        image = exposure.image
+        if previous_background is not None:
+            image = image + previous_background.image()
+        background = estimate_background(image, exposure.mask, self.config)
+        background_image = background.image()
+        subtracted = dataclasses.replace(exposure, image=image - background_image)
+        return BackgroundResult(
+            exposure=subtracted, background=background, background_image=background_image
+        )
+
+
+def estimate_background(
+    image: np.ndarray, mask: np.ndarray | None, config: BackgroundConfig
+) -> BackgroundModel:
+    """Binned sigma-clipped mean background of an image.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(height, width)`` pixel values.
+    mask : numpy.ndarray or None
+        ``(height, width)`` int mask planes; pixels with ``config.ignored_mask_planes`` set,
+        and non-finite pixels, are excluded.
+    config : BackgroundConfig
+
+    Returns
+    -------
+    BackgroundModel
+
+    Raises
+    ------
+    TaskError
+        If every bin lacks enough unmasked pixels.
+    """
+    height, width = image.shape
+    n_bins_y = max(1, round(height / config.bin_size))
+    n_bins_x = max(1, round(width / config.bin_size))
+    bin_h = math.ceil(height / n_bins_y)
+    bin_w = math.ceil(width / n_bins_x)
+
+    ignored = ~np.isfinite(image)
+    if mask is not None:
+        ignored |= (mask & MaskPlanes.bits(*config.ignored_mask_planes)) != 0
+    data = np.where(ignored, np.float32(np.nan), image).astype(np.float32, copy=False)
+    if data.shape != (n_bins_y * bin_h, n_bins_x * bin_w):
+        padded = np.full((n_bins_y * bin_h, n_bins_x * bin_w), np.nan, dtype=np.float32)
+        padded[:height, :width] = data
+        data = padded
+    # One row per bin, its pixels along the row (plus the NaN column the clipping needs):
+    # every statistic below is a row reduction. One strided copy does the regrouping.
+    n_pix = bin_h * bin_w
+    rows = np.empty((n_bins_y * n_bins_x, n_pix + 1), np.float32)
+    rows[:, n_pix] = np.nan
+    rows[:, :n_pix].reshape(n_bins_y, n_bins_x, bin_h, bin_w)[...] = data.reshape(
+        n_bins_y, bin_h, n_bins_x, bin_w
+    ).transpose(0, 2, 1, 3)
+    mean, sigma, count = _clipped_mean_of_rows_in_place(rows, config.n_sigma, config.n_iter)
+
+    # The last bin along an axis may be shorter (padding): its centre is that of its pixels.
+    y_starts = np.arange(n_bins_y) * bin_h
+    x_starts = np.arange(n_bins_x) * bin_w
+    y_centers = (y_starts + np.minimum(y_starts + bin_h, height) - 1) / 2.0
+    x_centers = (x_starts + np.minimum(x_starts + bin_w, width) - 1) / 2.0
+    area = np.outer(
+        np.minimum(y_starts + bin_h, height) - y_starts,
+        np.minimum(x_starts + bin_w, width) - x_starts,
+    )
+
+    mean = mean.reshape(n_bins_y, n_bins_x)
+    sigma = sigma.reshape(n_bins_y, n_bins_x)
+    count = count.reshape(n_bins_y, n_bins_x)
+    empty = (count < np.maximum(config.min_valid_fraction * area, 2)) | ~np.isfinite(mean)
+    if empty.all():
+        raise TaskError(
+            f"background: no {config.bin_size}-px bin has >= {config.min_valid_fraction:.0%} "
+            "unmasked pixels"
+        )
+    mean[empty] = np.nan
+    sigma[empty] = np.nan
+    count[empty] = 0
+    return BackgroundModel(
+        values=_fill_empty_bins(mean),
+        sigma=sigma,
+        n_pixels=count,
+        x_centers=x_centers,
+        y_centers=y_centers,
+        width=width,
+        height=height,
+        interpolation=config.interpolation,
+    )
+
+
+def clipped_mean_rows(
+    values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sigma-clipped mean of every row of a 2-D array, NaNs ignored (afw ``MEANCLIP``).
+
+    The first centre and width are the median and ``0.741 * IQR`` (robust to the bright
+    sources a bin may contain); each iteration then keeps the values within ``n_sigma``
+    standard deviations of the current centre and recomputes mean and standard deviation.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``(n_rows, n_values)`` float32; NaN marks a missing value (no infinities).
+    n_sigma : float
+        Clipping half-width in standard deviations.
+    n_iter : int
+        Number of clipping iterations.
+
+    Returns
+    -------
+    mean, sigma : numpy.ndarray
+        ``(n_rows,)`` float64 clipped mean and standard deviation (NaN for rows with < 2 values).
+    count : numpy.ndarray
+        ``(n_rows,)`` int64 number of values kept.
+    """
+    n_rows, n_cols = values.shape
+    ordered = np.empty((n_rows, n_cols + 1), np.float32)
+    ordered[:, :n_cols] = values
+    ordered[:, n_cols] = np.nan
+    return _clipped_mean_of_rows_in_place(ordered, n_sigma, n_iter)
+
+
+def _clipped_mean_of_rows_in_place(
+    ordered: np.ndarray, n_sigma: float, n_iter: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`clipped_mean_rows` of a float32 array whose last column is NaN (overwritten).
+
+    Sorted rows make every clipped set a contiguous run: each iteration needs a binary search
+    per row and one segment sum (np.add.reduceat) instead of masked passes over the data. The
+    trailing NaN column keeps every run's end index inside the flattened array.
+    """
+    n_rows, n_cols = ordered.shape[0], ordered.shape[1] - 1
+    ordered.sort(axis=1)  # NaN sorts last, so the first n_valid are the data
+    rows = np.arange(n_rows)
+    # Callers pass NaN for every missing value (no infinities), so "< inf" counts the data.
+    n_valid = _search_rows(ordered, np.full(n_rows, np.inf), np.full(n_rows, n_cols), "left")
+    last = np.maximum(n_valid - 1, 0)
+
+    def quantile(q: float) -> np.ndarray:
+        position = q * last
+        lo = np.floor(position).astype(np.int64)
+        hi = np.minimum(lo + 1, last)
+        frac = position - lo
+        return (1 - frac) * ordered[rows, lo] + frac * ordered[rows, hi]
+
+    center = quantile(0.5)
+    sigma = 0.7413 * (quantile(0.75) - quantile(0.25))
+    # Work about a per-row offset (the median): the sums of the centred values and their
+    # squares then stay accurate in float32 (errors ~1e-6 of sigma), at half the memory traffic.
+    offset = np.where(np.isfinite(center), center, 0.0)
+    ordered -= offset[:, None].astype(np.float32)
+    flat = ordered.ravel()
+    flat_sq = flat * flat
+    row_start = rows * (n_cols + 1)
+
+    count = n_valid.astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for _ in range(n_iter):
+            first = _search_rows(ordered, center - offset - n_sigma * sigma, n_valid, "left")
+            stop = _search_rows(ordered, center - offset + n_sigma * sigma, n_valid, "right")
+            kept = stop - first
+            bounds = np.empty(2 * n_rows, np.int64)
+            bounds[0::2] = row_start + first
+            bounds[1::2] = row_start + stop
+            total = np.add.reduceat(flat, bounds)[0::2].astype(np.float64)
+            total_sq = np.add.reduceat(flat_sq, bounds)[0::2].astype(np.float64)
+            mean = total / kept
+            variance = (total_sq - total * mean) / np.maximum(kept - 1, 1)
+            # A bin of identical values (sigma 0) keeps its centre instead of collapsing;
+            # reduceat of an empty segment returns one element, so kept < 2 is skipped too.
+            usable = kept >= 2
+            center = np.where(usable, offset + mean, center)
+            sigma = np.where(usable, np.sqrt(np.maximum(variance, 0.0)), sigma)
+            count = np.where(usable, kept, count)
+    invalid = n_valid < 2
+    center = np.where(invalid, np.nan, center)
+    sigma = np.where(invalid, np.nan, sigma)
+    return center, sigma, np.where(invalid, 0, count)
+
+
+def _search_rows(
+    ordered: np.ndarray, value: np.ndarray, n_valid: np.ndarray, side: str
+) -> np.ndarray:
+    """Row-wise ``searchsorted`` of ``value[i]`` in ``ordered[i, :n_valid[i]]`` (NaN = +inf)."""
+    rows = np.arange(len(ordered))
+    lo = np.zeros(len(ordered), np.int64)
+    hi = np.asarray(n_valid, np.int64).copy()
+    value = np.where(np.isnan(value), np.inf, value)
+    while np.any(lo < hi):
+        mid = (lo + hi) // 2
+        probe = ordered[rows, np.minimum(mid, ordered.shape[1] - 1)]
+        probe = np.where(np.isnan(probe), np.inf, probe)
+        below = probe < value if side == "left" else probe <= value
+        below &= lo < hi
+        lo = np.where(below, mid + 1, lo)
+        hi = np.where(below | (lo >= hi), hi, mid)
+    return lo
+
+
+def _fill_empty_bins(values: np.ndarray) -> np.ndarray:
+    """Fill NaN bins with the mean of their valid 8-neighbours, growing inwards until full."""
+    filled = values.astype(np.float64).copy()
+    while np.isnan(filled).any():
+        valid = ~np.isnan(filled)
+        padded_values = np.pad(np.where(valid, filled, 0.0), 1)
+        padded_valid = np.pad(valid, 1).astype(np.float64)
+        total = np.zeros_like(filled)
+        weight = np.zeros_like(filled)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                window = (
+                    slice(1 + dy, 1 + dy + filled.shape[0]),
+                    slice(1 + dx, 1 + dx + filled.shape[1]),
+                )
+                total += padded_values[window]
+                weight += padded_valid[window]
+        fillable = ~valid & (weight > 0)
+        filled[fillable] = total[fillable] / weight[fillable]
+    return filled
+
+
+def _interpolate_rows(centers: np.ndarray, values: np.ndarray, n_out: int, kind: str) -> np.ndarray:
+    """Interpolate every row of ``values`` (samples at ``centers``) to ``0 .. n_out - 1``.
+
+    Splines extrapolate with their end polynomials; fewer than 4 bins fall back to linear
+    (a line through the end bins beyond them) and a single bin to a constant.
+
+    Parameters
+    ----------
+    centers : numpy.ndarray
+        ``(n,)`` increasing sample positions.
+    values : numpy.ndarray
+        ``(m, n)`` samples.
+    n_out : int
+        Number of output positions.
+    kind : str
+        See :class:`BackgroundConfig`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(m, n_out)`` float32.
+    """
+    coords = np.arange(n_out)
+    n = len(centers)
+    if n == 1 or kind == "constant":
+        nearest = np.abs(coords[:, None] - centers[None, :]).argmin(axis=1)
+        return values[:, nearest].astype(np.float32)
+    if kind == "linear" or n < 4:
+        slope = np.diff(values, axis=1) / np.diff(centers)
+        coeffs = np.stack([slope.T, values[:, :-1].T])  # (2, n - 1, m), highest power first
+    elif kind == "cubic":
+        coeffs = CubicSpline(centers, values, axis=1, bc_type="natural").c
+    else:
+        method = "makima" if kind == "makima" else "akima"
+        coeffs = Akima1DInterpolator(centers, values, axis=1, method=method).c
+    # Horner's rule interval by interval on float32 blocks: ~3x faster than PPoly.__call__
+    # for a 4k x 4k image, whose every pixel is one evaluation.
+    coeffs = coeffs.astype(np.float32)
+    interval = np.clip(np.searchsorted(centers, coords, side="right") - 1, 0, n - 2)
+    out = np.empty((values.shape[0], n_out), np.float32)
+    for k in np.unique(interval):
+        lo, hi = np.searchsorted(interval, [k, k + 1])
+        t = (coords[lo:hi] - centers[k]).astype(np.float32)[None, :]
+        block = np.broadcast_to(coeffs[0, k][:, None], (values.shape[0], hi - lo)).copy()
+        for c in coeffs[1:, k]:
+            block *= t
+            block += c[:, None]
+        out[:, lo:hi] = block
+    return out

@@ -1,0 +1,17 @@
+"""PSF determination (step 4 of calibrate): star selection, pixel-basis model, task."""
+
+from .determiner import PsfModelConfig, PsfModelResult, PsfModelTask, fit_pixel_psf
+from .pixel_psf import PixelPsf, fourier_shift, half_maximum_fwhm, polynomial_terms
+from .selection import select_psf_candidates
+
+__all__ = [
+    "PixelPsf",
+    "PsfModelConfig",
+    "PsfModelResult",
+    "PsfModelTask",
+    "fit_pixel_psf",
+    "fourier_shift",
+    "half_maximum_fwhm",
+    "polynomial_terms",
+    "select_psf_candidates",
+]
