@@ -1,0 +1,494 @@
+"""Workflow definitions: named stages read from ``workflows/*.yaml`` and validated on load.
+
+A workflow file looks like::
+
+    name: example
+    dataset_types:                 # new intermediate types (the repository knows the rest)
+      image_stats: {dimensions: [visit, detector], storage: json}
+    stages:
+      image_stats:
+        task: apflow.tasks.examples:ImageStatsTask
+        dimensions: [visit, detector]          # one quantum per (visit, detector)
+        inputs: {exposure: post_isr}           # run() keyword -> dataset type
+        outputs: {stats: image_stats}          # result attribute -> dataset type
+        config: {n_sigma: 3.0}
+      visit_stats:
+        task: apflow.tasks.examples:VisitStatsTask
+        dimensions: [visit]                    # inputs with more dimensions are gathered
+        inputs:
+          detector_stats: {dataset: image_stats, min_inputs: 1}   # or allow_partial: true
+        outputs: {stats: visit_stats}
+
+An input whose dimensions are a subset of the stage's is passed as one object (one-to-one, or a
+broadcast such as a per-visit level to every CCD of the visit); one with more dimensions is a
+gather and arrives as a list ordered by data id. Any other relation cannot be grouped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError, UnknownDatasetTypeError, WorkflowError
+from ..tasks.base import Task, TaskConfig
+
+__all__ = [
+    "CONTEXT_PARAMETERS",
+    "DatasetTypeSpec",
+    "InputSpec",
+    "Stage",
+    "Workflow",
+    "load_workflow",
+    "workflows_dir",
+]
+
+#: run() parameters that the engine fills from the quantum rather than from the repository.
+CONTEXT_PARAMETERS = frozenset({"data_id", "camera", "detector", "input_data_ids"})
+_STAGE_KEYS = {"task", "dimensions", "inputs", "outputs", "config", "description"}
+_INPUT_KEYS = {"dataset", "optional", "min_inputs", "allow_partial"}
+
+
+@dataclass(frozen=True)
+class DatasetTypeSpec:
+    """A dataset type a workflow declares: its dimensions and storage kind."""
+
+    name: str
+    dimensions: tuple[str, ...]
+    storage: str
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of a stage.
+
+    Attributes
+    ----------
+    name : str
+        Keyword of the task's ``run``.
+    dataset_type : str
+    optional : bool
+        A missing dataset is passed as ``None`` (or left out of a gathered list).
+    min_inputs : int or None
+        For a gathered input: run with at least this many of the expected datasets when some of
+        their producers failed. ``None`` requires all of them (the default).
+    """
+
+    name: str
+    dataset_type: str
+    optional: bool = False
+    min_inputs: int | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a workflow: a task run once per quantum (data id over ``dimensions``)."""
+
+    name: str
+    task: str
+    task_class: type[Task]
+    dimensions: tuple[str, ...]
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[tuple[str, str], ...]
+    config: TaskConfig
+    context: frozenset[str] = frozenset()
+
+    def input(self, name: str) -> InputSpec:
+        """The input called ``name``."""
+        return next(i for i in self.inputs if i.name == name)
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A validated workflow: stages in dependency order plus the dataset types it declares.
+
+    Use :func:`load_workflow` to read one; :meth:`with_config` applies overrides.
+    """
+
+    name: str
+    stages: tuple[Stage, ...]
+    dataset_types: Mapping[str, DatasetTypeSpec] = field(default_factory=dict)
+    description: str = ""
+    source: str = ""
+
+    def stage(self, name: str) -> Stage:
+        """The stage called ``name``; raises :class:`ConfigError` listing the stages otherwise."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise ConfigError(
+            f"workflow {self.name!r} has no stage {name!r}; "
+            f"stages: {', '.join(s.name for s in self.stages)}"
+        )
+
+    def producers(self) -> dict[str, str]:
+        """Dataset type -> name of the stage that writes it."""
+        return {dt: stage.name for stage in self.stages for _, dt in stage.outputs}
+
+    def dependencies(self) -> dict[str, set[str]]:
+        """Stage name -> names of the stages whose outputs it reads."""
+        producers = self.producers()
+        return {
+            stage.name: {
+                producers[i.dataset_type] for i in stage.inputs if i.dataset_type in producers
+            }
+            for stage in self.stages
+        }
+
+    def input_dataset_types(self) -> list[str]:
+        """Dataset types the workflow reads but does not write (they must be in the repository)."""
+        produced = set(self.producers())
+        seen = [i.dataset_type for s in self.stages for i in s.inputs]
+        return sorted({dt for dt in seen if dt not in produced})
+
+    def with_config(self, overrides: Mapping[str, Any] | Iterable[str] | None) -> Workflow:
+        """Copy with config overrides applied.
+
+        Parameters
+        ----------
+        overrides : mapping or iterable of str or None
+            ``{"stage.field": value}`` or ``["stage.field=value", ...]``; string values are converted
+            to the field's type.
+
+        Raises
+        ------
+        ConfigError
+            On a malformed override, an unknown stage or field, or a value that does not convert.
+        """
+        per_stage: dict[str, dict[str, Any]] = {}
+        for dotted, value in _override_items(overrides):
+            stage_name, _, field_name = dotted.partition(".")
+            if not stage_name or not field_name:
+                raise ConfigError(f"config override {dotted!r} must look like 'stage.field'")
+            self.stage(stage_name)
+            per_stage.setdefault(stage_name, {})[field_name] = value
+        stages = []
+        for stage in self.stages:
+            if stage.name in per_stage:
+                try:
+                    config = stage.config.updated(**per_stage[stage.name])
+                except ConfigError as exc:
+                    raise ConfigError(f"stage {stage.name!r}: {exc}") from None
+                stage = dataclasses.replace(stage, config=config)
+            stages.append(stage)
+        return dataclasses.replace(self, stages=tuple(stages))
+
+    def check_dataset_types(self, dimensions_of: Callable[[str], tuple[str, ...]]) -> None:
+        """Check every stage's dimensions against its inputs' and outputs'.
+
+        Parameters
+        ----------
+        dimensions_of : callable
+            Dataset type name -> its dimensions; raises ``KeyError`` (or
+            :class:`~apflow.errors.UnknownDatasetTypeError`) for an unknown type. Types the
+            workflow declares are looked up here first.
+
+        Raises
+        ------
+        WorkflowError
+            On an unknown dataset type, an output whose dimensions differ from the stage's, an
+            input that can be neither passed one-to-one nor gathered, or stage dimensions that
+            the inputs do not determine.
+        """
+
+        def dims(dataset_type: str, where: str) -> tuple[str, ...]:
+            if dataset_type in self.dataset_types:
+                return self.dataset_types[dataset_type].dimensions
+            try:
+                return tuple(dimensions_of(dataset_type))
+            except (KeyError, UnknownDatasetTypeError):
+                raise WorkflowError(
+                    f"workflow {self.name!r}, {where}: unknown dataset type {dataset_type!r} "
+                    "(declare it under 'dataset_types:' or register it in the repository)"
+                ) from None
+
+        for stage in self.stages:
+            stage_dims = set(stage.dimensions)
+            for name, dt in stage.outputs:
+                out_dims = set(dims(dt, f"stage {stage.name!r} output {name!r}"))
+                if out_dims != stage_dims:
+                    raise WorkflowError(
+                        f"workflow {self.name!r}, stage {stage.name!r}: output {name!r} "
+                        f"({dt}) has dimensions {sorted(out_dims)}, the stage has "
+                        f"{sorted(stage_dims)}; an output must have the stage's dimensions"
+                    )
+            covered: set[str] = set()
+            for spec in stage.inputs:
+                in_dims = set(dims(spec.dataset_type, f"stage {stage.name!r} input {spec.name!r}"))
+                gathered = not in_dims <= stage_dims
+                if gathered and not stage_dims <= in_dims:
+                    raise WorkflowError(
+                        f"workflow {self.name!r}, stage {stage.name!r}: input {spec.name!r} "
+                        f"({spec.dataset_type}, dimensions {sorted(in_dims)}) cannot be grouped "
+                        f"by the stage's dimensions {sorted(stage_dims)}: it must have a subset "
+                        "(one object per quantum) or a superset (gathered into a list)"
+                    )
+                if spec.min_inputs is not None and not gathered:
+                    raise WorkflowError(
+                        f"workflow {self.name!r}, stage {stage.name!r}: input {spec.name!r} sets "
+                        "min_inputs/allow_partial but is not gathered (it has no extra dimensions)"
+                    )
+                if not spec.optional:
+                    covered |= in_dims & stage_dims
+            if covered != stage_dims:
+                raise WorkflowError(
+                    f"workflow {self.name!r}, stage {stage.name!r}: its required inputs do not "
+                    f"determine dimension(s) {sorted(stage_dims - covered)}"
+                )
+
+
+def workflows_dir() -> Path:
+    """The top-level ``workflows/`` folder next to the package (a source or editable install),
+    else ``apflow/workflows/`` (where a wheel would carry them as package data)."""
+    import apflow
+
+    package = Path(apflow.__file__).resolve().parent
+    top_level = package.parent / "workflows"
+    return top_level if top_level.is_dir() else package / "workflows"
+
+
+def load_workflow(
+    source: str | Path | Workflow,
+    dimensions_of: Callable[[str], tuple[str, ...]] | None = None,
+) -> Workflow:
+    """Read and validate a workflow.
+
+    Parameters
+    ----------
+    source : str or Path or Workflow
+        A workflow name (``"example"`` -> ``workflows/example.yaml``) or a path to a YAML file.
+    dimensions_of : callable, optional
+        Dataset type -> dimensions for the types the workflow does not declare, usually
+        ``lambda n: repo.dataset_type(n).dimensions``. Default: the dataset types every
+        repository knows (:data:`apflow.io.datasets.BUILTIN_DATASET_TYPES`).
+
+    Raises
+    ------
+    WorkflowError
+        If the file is missing or malformed, a task cannot be imported, a config field is
+        unknown, stages form a cycle, two stages write one dataset type, or dimensions disagree.
+    """
+    if isinstance(source, Workflow):
+        workflow = source
+    else:
+        path = _find(source)
+        try:
+            document = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise WorkflowError(f"workflow file {path}: invalid YAML: {exc}") from None
+        workflow = _parse(document, path)
+    workflow.check_dataset_types(dimensions_of or _builtin_dimensions)
+    return workflow
+
+
+def _builtin_dimensions(name: str) -> tuple[str, ...]:
+    from ..io.datasets import BUILTIN_DATASET_TYPES
+
+    return BUILTIN_DATASET_TYPES[name].dimensions
+
+
+def _find(source: str | Path) -> Path:
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in str(source):
+        if not path.is_file():
+            raise WorkflowError(f"workflow file {path} does not exist")
+        return path
+    candidate = workflows_dir() / f"{source}.yaml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in workflows_dir().glob("*.yaml"))
+        raise WorkflowError(
+            f"unknown workflow {str(source)!r}; known workflows: {', '.join(known) or '(none)'} "
+            "(or give a path to a YAML file)"
+        )
+    return candidate
+
+
+def _parse(document: Any, path: Path) -> Workflow:
+    where = f"workflow file {path}"
+    if not isinstance(document, dict):
+        raise WorkflowError(f"{where}: expected a mapping with 'stages:'")
+    unknown = set(document) - {"name", "description", "dataset_types", "stages"}
+    if unknown:
+        raise WorkflowError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}")
+    name = str(document.get("name") or path.stem)
+    declared = {}
+    for dt_name, spec in (document.get("dataset_types") or {}).items():
+        if not isinstance(spec, dict) or "dimensions" not in spec or "storage" not in spec:
+            raise WorkflowError(
+                f"{where}: dataset type {dt_name!r} needs 'dimensions' and 'storage'"
+            )
+        declared[dt_name] = DatasetTypeSpec(
+            dt_name,
+            _dimensions(spec["dimensions"], f"{where}, dataset type {dt_name!r}"),
+            str(spec["storage"]),
+        )
+    stages_doc = document.get("stages")
+    if not isinstance(stages_doc, dict) or not stages_doc:
+        raise WorkflowError(f"{where}: 'stages:' must be a non-empty mapping of stage name -> spec")
+    stages = [_parse_stage(str(s), spec, f"{where}, stage {s!r}") for s, spec in stages_doc.items()]
+    ordered = _topological(stages, where)
+    return Workflow(
+        name=name,
+        stages=tuple(ordered),
+        dataset_types=declared,
+        description=str(document.get("description") or "").strip(),
+        source=str(path),
+    )
+
+
+def _parse_stage(name: str, spec: Any, where: str) -> Stage:
+    if not isinstance(spec, dict):
+        raise WorkflowError(f"{where}: expected a mapping")
+    unknown = set(spec) - _STAGE_KEYS
+    if unknown:
+        raise WorkflowError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    if "task" not in spec:
+        raise WorkflowError(
+            f"{where}: missing 'task:' (an import path like 'package.module:Class')"
+        )
+    task_class = _import_task(str(spec["task"]), where)
+    dimensions = _dimensions(spec.get("dimensions", []), where)
+    inputs = tuple(_parse_input(k, v, where) for k, v in (spec.get("inputs") or {}).items())
+    if not inputs:
+        raise WorkflowError(f"{where}: a stage needs at least one input")
+    outputs = tuple((str(k), str(v)) for k, v in (spec.get("outputs") or {}).items())
+    if not outputs:
+        raise WorkflowError(f"{where}: a stage needs at least one output")
+    try:
+        config = task_class.ConfigClass().updated(**(spec.get("config") or {}))
+    except ConfigError as exc:
+        raise WorkflowError(f"{where}: {exc}") from None
+    context = _check_signature(task_class, inputs, where)
+    return Stage(name, str(spec["task"]), task_class, dimensions, inputs, outputs, config, context)
+
+
+def _parse_input(name: Any, spec: Any, where: str) -> InputSpec:
+    name = str(name)
+    if name in CONTEXT_PARAMETERS:
+        raise WorkflowError(f"{where}: input name {name!r} is reserved for the engine's context")
+    if isinstance(spec, str):
+        return InputSpec(name, spec)
+    if not isinstance(spec, dict) or "dataset" not in spec:
+        raise WorkflowError(f"{where}: input {name!r} must be a dataset type or {{dataset: ...}}")
+    unknown = set(spec) - _INPUT_KEYS
+    if unknown:
+        raise WorkflowError(f"{where}: input {name!r}: unknown key(s) {', '.join(sorted(unknown))}")
+    min_inputs = spec.get("min_inputs")
+    if spec.get("allow_partial"):
+        min_inputs = 1 if min_inputs is None else min_inputs
+    if min_inputs is not None and (not isinstance(min_inputs, int) or min_inputs < 0):
+        raise WorkflowError(f"{where}: input {name!r}: min_inputs must be a non-negative integer")
+    return InputSpec(name, str(spec["dataset"]), bool(spec.get("optional", False)), min_inputs)
+
+
+def _dimensions(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(d, str) and d.isidentifier() for d in value
+    ):
+        raise WorkflowError(f"{where}: dimensions must be a list of names, e.g. [visit, detector]")
+    if len(set(value)) != len(value):
+        raise WorkflowError(f"{where}: repeated dimension in {list(value)}")
+    return tuple(value)
+
+
+def _import_task(path: str, where: str) -> type[Task]:
+    module_name, _, class_name = path.partition(":")
+    if not module_name or not class_name:
+        raise WorkflowError(f"{where}: task {path!r} must look like 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise WorkflowError(f"{where}: cannot import task module {module_name!r}: {exc}") from None
+    task_class = getattr(module, class_name, None)
+    if not (isinstance(task_class, type) and issubclass(task_class, Task)):
+        raise WorkflowError(f"{where}: {path!r} is not an apflow Task class")
+    return task_class
+
+
+def _check_signature(
+    task_class: type[Task], inputs: tuple[InputSpec, ...], where: str
+) -> frozenset[str]:
+    params = inspect.signature(task_class.run).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = {
+        n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+    input_names = {i.name for i in inputs}
+    if not takes_any:
+        extra = sorted(input_names - named)
+        if extra:
+            raise WorkflowError(
+                f"{where}: {task_class.__name__}.run() has no parameter(s) {', '.join(extra)}"
+            )
+    required = {
+        n
+        for n, p in params.items()
+        if n != "self"
+        and p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
+    missing = sorted(required - input_names - CONTEXT_PARAMETERS)
+    if missing:
+        raise WorkflowError(
+            f"{where}: {task_class.__name__}.run() needs {', '.join(missing)}, "
+            "which the stage's inputs do not provide"
+        )
+    return frozenset(named & CONTEXT_PARAMETERS)
+
+
+def _topological(stages: list[Stage], where: str) -> list[Stage]:
+    producers: dict[str, str] = {}
+    for stage in stages:
+        for _, dt in stage.outputs:
+            if dt in producers:
+                raise WorkflowError(
+                    f"{where}: dataset type {dt!r} is written by both stage "
+                    f"{producers[dt]!r} and stage {stage.name!r}"
+                )
+            producers[dt] = stage.name
+    by_name = {s.name: s for s in stages}
+    deps = {
+        s.name: {producers[i.dataset_type] for i in s.inputs if i.dataset_type in producers}
+        for s in stages
+    }
+    ordered: list[Stage] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = path[path.index(name) :] + [name]
+            raise WorkflowError(f"{where}: stages form a cycle: {' -> '.join(cycle)}")
+        state[name] = 1
+        for dep in sorted(deps[name]):
+            visit(dep, [*path, name])
+        state[name] = 2
+        ordered.append(by_name[name])
+
+    # keep the file's order where dependencies allow, so reports read like the YAML
+    for stage in stages:
+        visit(stage.name, [])
+    return ordered
+
+
+def _override_items(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[tuple[str, Any]]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [(str(k), v) for k, v in overrides.items()]
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    items = []
+    for text in overrides:
+        key, sep, value = str(text).partition("=")
+        if not sep:
+            raise ConfigError(f"config override {text!r} must look like 'stage.field=value'")
+        items.append((key.strip(), value.strip()))
+    return items
