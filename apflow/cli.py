@@ -250,15 +250,14 @@ def demo(directory, n_visits, workers, seed) -> None:
 
 
 def _register_engine_commands() -> None:
+    # Imported here rather than at the top so that `apflow --help` does not import the engine
+    # before the group exists; the engine's CLI module itself imports Dask lazily.
     from .engine.cli import run_command
 
     main.add_command(run_command, name="run")
 
 
-try:
-    _register_engine_commands()
-except ImportError:  # TEMPORARY while the engine package is being written (session 1)
-    pass
+_register_engine_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

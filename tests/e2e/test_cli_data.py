@@ -23,7 +23,9 @@ def _wcs() -> WCS:
 
 def _write_fits(path, visit: int, detector: int, drop: str | None = None) -> None:
     header = _wcs().to_header()
-    header.update({"VISIT": visit, "DETECTOR": detector, "BAND": "r", "MJD-OBS": 60000.1, "EXPTIME": 30.0})
+    header.update(
+        {"VISIT": visit, "DETECTOR": detector, "BAND": "r", "MJD-OBS": 60000.1, "EXPTIME": 30.0}
+    )
     if drop:
         del header[drop]
     data = np.random.default_rng(visit).normal(100, 10, (64, 64)).astype(np.float32)
@@ -55,7 +57,18 @@ def test_ingest_ls_show_round_trip(tmp_path, runner):
 
     png, out_fits = tmp_path / "x.png", tmp_path / "x.fits"
     result = runner.invoke(
-        main, ["show", repo, "post_isr", "visit=2", "detector=4", "--png", str(png), "--fits", str(out_fits)]
+        main,
+        [
+            "show",
+            repo,
+            "post_isr",
+            "visit=2",
+            "detector=4",
+            "--png",
+            str(png),
+            "--fits",
+            str(out_fits),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
