@@ -211,7 +211,7 @@ def ingest_fits(
         provenance = {"ingested_from": os.path.abspath(name)}
         try:
             repo.put(exposure, dataset_type, overwrite=overwrite, provenance=provenance, **data_id)
-        except ApflowError as exc:
+        except (ApflowError, OSError) as exc:
             raise IngestError(f"{name}: {exc}") from exc
     return data_ids
 

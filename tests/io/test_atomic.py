@@ -174,8 +174,10 @@ def _wait_for_chunk_in_temporary(directory: Path, child: subprocess.Popen, timeo
 
 def test_sigkill_during_first_write_leaves_nothing_visible(repo):
     child = _start_writer(repo, 4096, first_version=0)
+    directory = Path(repo.url) / "post_isr" / "visit=1" / "detector=0"
     try:
-        _wait_for_chunk_in_temporary(Path(repo.url) / "post_isr" / "visit=1" / "detector=0", child)
+        _wait_for_chunk_in_temporary(directory, child)
+        assert not (directory / MARKER).exists(), "first write finished before the kill"
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()

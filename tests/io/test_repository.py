@@ -294,3 +294,18 @@ def test_corrupt_marker_names_dataset(repo):
 def test_every_builtin_type_has_a_valid_definition():
     for name, dtype in BUILTIN_DATASET_TYPES.items():
         assert dtype.name == name and dtype.filename.startswith(name + ".")
+
+
+def test_threads_share_one_repository(repo, make_exposure):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(detector: int) -> bool:
+        exposure = make_exposure(seed=detector, detector=detector)
+        repo.put(exposure, "calexp", visit=1, detector=detector)
+        return repo.get("calexp", visit=1, detector=detector).image.tobytes() == (
+            exposure.image.tobytes()
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(8)))
+    assert len(repo.data_ids("calexp", visit=1)) == 8
