@@ -67,3 +67,23 @@ def test_rerun_skips_everything(coadd_repo):
         "forced_phot", coadd_repo, where="patch = 0", scheduler="synchronous", progress=False
     )
     assert summary.count("skipped") == 2 and summary.count("done") == 0
+
+
+def test_forced_phot_on_a_scheduler_and_workers(coadd_repo, tmp_path):
+    from distributed import Client
+
+    from tests.engine.conftest import start_cluster
+
+    cluster = start_cluster(tmp_path / "dask", n_workers=2)
+    try:
+        with Client(cluster.address) as client:
+            summary = run(
+                "forced_phot", coadd_repo, where="patch = 1", client=client, progress=False
+            )
+    finally:
+        cluster.stop()
+    assert summary.ok and summary.count("done") == 2, summary.as_table()
+    repo = Repository(coadd_repo)
+    forced = repo.get("forced_src", tract=0, patch=1, band="g")
+    assert len(forced) == len(repo.get("coadd_ref", tract=0, patch=1))
+    assert repo.provenance("forced_src", tract=0, patch=1, band="g")
