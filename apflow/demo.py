@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 # The workflows the demo runs, in order; each is a file in workflows/.
-DEMO_WORKFLOWS: tuple[str, ...] = ("example", "forced_phot")
+DEMO_WORKFLOWS: tuple[str, ...] = ("sky_frame", "forced_phot")
 
 
 def run_demo(

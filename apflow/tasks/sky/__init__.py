@@ -1,0 +1,119 @@
+"""Sky frames (issue 4): Rubin's SkyTask chain as pure tasks on in-memory objects.
+
+Stages and their quanta (see each task's ``run`` for inputs and result fields):
+
+=============================  ==================  =====================================
+task                           quantum             inputs
+=============================  ==================  =====================================
+:class:`MaskObjectsTask`       visit, detector     ``exposure``
+:class:`FocalPlanePartialTask` visit, detector     ``exposure`` + context ``detector``, ``camera``
+:class:`FocalPlaneBackgroundTask` visit            ``partials`` (gathered list)
+:class:`SkyMeasurementTask`    visit, detector     ``exposure``, ``focal_plane_background`` + ``detector``
+:class:`SkyCombineTask`        detector            ``residual_skies`` (gathered over visits)
+:class:`SkyCameraTask`         (none)              ``sky_frames`` (gathered) + ``camera``
+:class:`SkyFrameScaleTask`     visit               ``residual_skies``, ``sky_frames`` (gathered)
+:class:`SubtractSkyFrameTask`  visit, detector     ``exposure``, ``sky_frame``, ``sky_scale``,
+                                                   ``focal_plane_background`` + ``detector``
+:class:`SkyCorrectionTask`     visit (in memory)   ``exposures``, ``sky_frames`` + ``camera``
+=============================  ==================  =====================================
+
+The plain functions underneath (:func:`clipped_stats`, :func:`binned_clipped_stats`,
+:func:`merge_partials`, :func:`evaluate_focal_plane_background`, :func:`fit_sky_frame_scale`,
+...) work on numpy arrays.
+"""
+
+from .combine import SkyCombineConfig, SkyCombineResult, SkyCombineTask, combine_residual_skies
+from .correct import (
+    SkyFrameScaleConfig,
+    SkyFrameScaleFit,
+    SkyFrameScaleResult,
+    SkyFrameScaleTask,
+    SubtractSkyFrameConfig,
+    SubtractSkyFrameResult,
+    SubtractSkyFrameTask,
+    fit_sky_frame_scale,
+    subtract_sky_frame,
+)
+from .focal_plane import (
+    FocalPlaneGrid,
+    FocalPlanePartialConfig,
+    FocalPlanePartialResult,
+    FocalPlanePartialTask,
+    measure_focal_plane_partial,
+    merge_partials,
+)
+from .focal_plane_model import (
+    FocalPlaneBackgroundConfig,
+    FocalPlaneBackgroundResult,
+    FocalPlaneBackgroundTask,
+    evaluate_focal_plane_background,
+    focal_plane_model,
+)
+from .interpolate import bin_centers, fill_bad_bins, interpolation_matrix, upsample_bins
+from .mask_objects import MaskObjectsConfig, MaskObjectsResult, MaskObjectsTask, detect_objects
+from .measure import (
+    SkyMeasurementConfig,
+    SkyMeasurementResult,
+    SkyMeasurementTask,
+    measure_binned_sky,
+)
+from .mosaic import (
+    SkyCameraConfig,
+    SkyCameraResult,
+    SkyCameraTask,
+    render_sky_camera_png,
+    sky_camera_mosaic,
+)
+from .sky_correction import SkyCorrectionConfig, SkyCorrectionResult, SkyCorrectionTask
+from .stats import ClippedStats, binned_clipped_stats, binned_median, clipped_stats
+
+__all__ = [
+    "ClippedStats",
+    "FocalPlaneBackgroundConfig",
+    "FocalPlaneBackgroundResult",
+    "FocalPlaneBackgroundTask",
+    "FocalPlaneGrid",
+    "FocalPlanePartialConfig",
+    "FocalPlanePartialResult",
+    "FocalPlanePartialTask",
+    "MaskObjectsConfig",
+    "MaskObjectsResult",
+    "MaskObjectsTask",
+    "SkyCameraConfig",
+    "SkyCameraResult",
+    "SkyCameraTask",
+    "SkyCombineConfig",
+    "SkyCombineResult",
+    "SkyCombineTask",
+    "SkyCorrectionConfig",
+    "SkyCorrectionResult",
+    "SkyCorrectionTask",
+    "SkyFrameScaleConfig",
+    "SkyFrameScaleFit",
+    "SkyFrameScaleResult",
+    "SkyFrameScaleTask",
+    "SkyMeasurementConfig",
+    "SkyMeasurementResult",
+    "SkyMeasurementTask",
+    "SubtractSkyFrameConfig",
+    "SubtractSkyFrameResult",
+    "SubtractSkyFrameTask",
+    "bin_centers",
+    "binned_clipped_stats",
+    "binned_median",
+    "clipped_stats",
+    "combine_residual_skies",
+    "detect_objects",
+    "evaluate_focal_plane_background",
+    "fill_bad_bins",
+    "fit_sky_frame_scale",
+    "focal_plane_model",
+    "interpolation_matrix",
+    "measure_binned_sky",
+    "measure_focal_plane_partial",
+    "merge_partials",
+    "render_sky_camera_png",
+    "sky_camera_mosaic",
+    "subtract_sky_frame",
+    "upsample_bins",
+]

@@ -1,0 +1,415 @@
+"""Sky correction of science exposures: fit one sky-frame scale per visit, subtract it per CCD.
+
+For a visit, every CCD's binned residual background (image minus the visit's focal-plane model,
+normalised like the sky frame, 32-px clipped means, from :class:`SkyMeasurementTask`) is compared
+with the same bins of that detector's sky frame; one scale ``s`` for the whole visit solves
+``residual = s x frame`` by least squares without intercept, pooled over all CCDs, with Rubin's
+rejection (``skyIter`` = 3 passes dropping ``|r| > skyRej x 0.741 x IQR(r)``, skyRej = 3). Each CCD
+then gets ``image -= s x frame x N`` where ``N`` is what the frame was normalised by: the
+focal-plane model at each pixel (``normalization="local"``, the default) or the visit scale
+(Rubin's convention). ``s`` is close to 1 when the frame describes the visit.
+
+Entry points: :func:`fit_sky_frame_scale` / :func:`subtract_sky_frame` on arrays, and the
+per-visit :class:`SkyFrameScaleTask` and per-CCD :class:`SubtractSkyFrameTask` for a workflow
+(:class:`~apflow.tasks.sky.sky_correction.SkyCorrectionTask` chains them for a visit in memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...core import Detector, Exposure
+from ...errors import ConfigError, TaskError
+from ..base import Task, TaskConfig
+from .bundle import ArrayBundle, as_bundle
+from .combine import SKY_FRAME_BINNED_KIND
+from .focal_plane_model import MODEL_KIND, evaluate_focal_plane_background
+from .interpolate import upsample_bins
+from .measure import RESIDUAL_KIND
+from .stats import binned_clipped_stats
+
+__all__ = [
+    "SkyFrameScaleConfig",
+    "SkyFrameScaleFit",
+    "SkyFrameScaleResult",
+    "SkyFrameScaleTask",
+    "SubtractSkyFrameConfig",
+    "SubtractSkyFrameResult",
+    "SubtractSkyFrameTask",
+    "fit_sky_frame_scale",
+    "subtract_sky_frame",
+]
+
+_log = logging.getLogger(__name__)
+
+#: 1 / (2 x 0.6745): Gaussian sigma per unit inter-quartile range (Rubin's 0.741).
+IQR_TO_SIGMA = 0.741
+
+
+@dataclass(frozen=True)
+class SkyFrameScaleFit:
+    """Result of :func:`fit_sky_frame_scale`.
+
+    Attributes
+    ----------
+    scale : float
+        Best-fit ``s`` in ``residual = s x frame``.
+    n_used, n_total : int
+        Bins kept after rejection, and bins with both values finite.
+    rms : float
+        Rms of the kept residuals ``residual - s x frame`` (units of the residuals).
+    """
+
+    scale: float
+    n_used: int
+    n_total: int
+    rms: float
+
+
+def fit_sky_frame_scale(
+    residuals: Sequence[np.ndarray],
+    frames: Sequence[np.ndarray],
+    nsigma: float = 3.0,
+    n_iter: int = 3,
+) -> SkyFrameScaleFit:
+    """Fit one scale of a sky frame to a visit's binned residual backgrounds (Rubin's solveScales).
+
+    Parameters
+    ----------
+    residuals : sequence of numpy.ndarray
+        One binned residual per CCD (any shapes; NaN where not measured).
+    frames : sequence of numpy.ndarray
+        The same CCDs' sky frames binned the same way, in the same order.
+    nsigma : float
+        Rejection threshold in robust sigmas (0.741 x IQR of the residuals). Default 3.0.
+    n_iter : int
+        Rejection passes. Default 3.
+
+    Returns
+    -------
+    SkyFrameScaleFit
+
+    Raises
+    ------
+    TaskError
+        If the lists differ in length or shapes, fewer than 2 bins are usable, or the frame is
+        zero where the residuals are measured.
+    """
+    if len(residuals) != len(frames):
+        raise TaskError(f"{len(residuals)} residual backgrounds but {len(frames)} sky frames")
+    r_parts, f_parts = [], []
+    for r, f in zip(residuals, frames, strict=True):
+        r, f = np.asarray(r, dtype=np.float64), np.asarray(f, dtype=np.float64)
+        if r.shape != f.shape:
+            raise TaskError(f"binned residual {r.shape} and sky frame {f.shape} differ in shape")
+        use = np.isfinite(r) & np.isfinite(f)
+        r_parts.append(r[use])
+        f_parts.append(f[use])
+    r = np.concatenate(r_parts) if r_parts else np.zeros(0)
+    f = np.concatenate(f_parts) if f_parts else np.zeros(0)
+    if r.size < 2 or not np.any(f != 0):
+        raise TaskError(f"only {r.size} usable bins (or an all-zero sky frame): cannot fit a scale")
+    keep = np.ones(r.size, dtype=bool)
+    scale = _solve(r, f, keep)
+    for _ in range(n_iter):
+        resid = r - scale * f
+        q25, q75 = np.percentile(resid[keep], [25.0, 75.0])
+        limit = nsigma * IQR_TO_SIGMA * (q75 - q25)
+        new_keep = np.abs(resid) <= limit if limit > 0 else keep
+        if new_keep.sum() < 2 or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+        scale = _solve(r, f, keep)
+    rms = float(np.sqrt(np.mean((r[keep] - scale * f[keep]) ** 2)))
+    return SkyFrameScaleFit(scale, int(keep.sum()), int(r.size), rms)
+
+
+def subtract_sky_frame(
+    exposure: Exposure, frame: np.ndarray, scale: float, normalizer: np.ndarray | float = 1.0
+) -> Exposure:
+    """``image - scale x frame x normalizer`` as a new exposure (mask and variance shared).
+
+    Parameters
+    ----------
+    exposure : Exposure
+    frame : numpy.ndarray
+        Full-resolution sky frame, the exposure's shape.
+    scale : float
+        Fitted sky-frame scale of the visit.
+    normalizer : numpy.ndarray or float
+        What the frame is relative to, in the image's units: the focal-plane model image of
+        this CCD (local normalisation) or the visit scale.
+    """
+    if frame.shape != exposure.shape:
+        raise TaskError(
+            f"sky frame shape {frame.shape} differs from the exposure's {exposure.shape}"
+        )
+    correction = np.multiply(frame, normalizer, dtype=np.float32)
+    correction *= np.float32(scale)
+    metadata = dict(exposure.metadata)
+    metadata["sky_correction"] = {"scale": float(scale)}
+    return dataclasses.replace(exposure, image=exposure.image - correction, metadata=metadata)
+
+
+# --------------------------------------------------------------------------------------------
+# per-visit fit
+
+
+@dataclass
+class SkyFrameScaleConfig(TaskConfig):
+    """Configuration of :class:`SkyFrameScaleTask`.
+
+    Attributes
+    ----------
+    nsigma : float
+        Rejection threshold in robust sigmas (Rubin's skyRej). Default 3.0.
+    n_iter : int
+        Rejection passes (Rubin's skyIter). Default 3.
+    """
+
+    nsigma: float = 3.0
+    n_iter: int = 3
+
+    def validate(self) -> None:
+        if self.nsigma <= 0 or self.n_iter < 0:
+            raise ConfigError("SkyFrameScaleConfig: need nsigma > 0 and n_iter >= 0")
+
+
+@dataclass
+class SkyFrameScaleResult:
+    """The visit's sky-frame scale.
+
+    Attributes
+    ----------
+    sky_scale : dict
+        JSON: ``scale``, ``n_bins``, ``n_total``, ``rms``, ``visit``, ``detectors``.
+    """
+
+    sky_scale: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """The scale and the bins used."""
+        return {k: self.sky_scale[k] for k in ("scale", "n_bins", "rms")}
+
+
+class SkyFrameScaleTask(Task):
+    """Fit one sky-frame scale for a visit from all its CCDs."""
+
+    ConfigClass = SkyFrameScaleConfig
+    config: SkyFrameScaleConfig
+
+    def run(
+        self, residual_skies: list[ArrayBundle], sky_frames: list[Exposure | ArrayBundle]
+    ) -> SkyFrameScaleResult:
+        """Pair each CCD's residual with its detector's sky frame and fit the scale.
+
+        Parameters
+        ----------
+        residual_skies : list of ArrayBundle
+            Gathered :class:`SkyMeasurementTask` outputs of the visit's CCDs.
+        sky_frames : list of Exposure or ArrayBundle
+            Gathered sky frames (full ``sky_frame`` exposures or ``sky_frame_binned`` bundles);
+            detectors without a residual are ignored, residuals without a frame are skipped.
+
+        Raises
+        ------
+        TaskError
+            If no CCD has both, or the fit fails.
+        """
+        frames, frame_attrs = {}, {}
+        for frame in sky_frames:
+            det_id, binned = _binned_frame(frame)
+            frames[det_id] = binned
+            frame_attrs[det_id] = frame.metadata if isinstance(frame, Exposure) else frame.attrs
+        residuals, paired, detectors, visits = [], [], [], set()
+        for item in residual_skies:
+            bundle = as_bundle(item, RESIDUAL_KIND, ("sky",))
+            det_id = int(bundle.attrs["detector"])
+            visits.add(bundle.attrs.get("visit"))
+            if det_id in frame_attrs:
+                _check_same(bundle.attrs, frame_attrs[det_id], det_id)
+            if det_id not in frames:
+                _log.warning("detector %s has no sky frame: left out of the scale fit", det_id)
+                continue
+            frame_bin, frame_values = frames[det_id]
+            if frame_bin is not None and frame_bin != int(bundle.attrs["bin_size"]):
+                raise TaskError(
+                    f"detector {det_id}: sky frame bins of {frame_bin} px, residual bins of "
+                    f"{bundle.attrs['bin_size']} px"
+                )
+            if frame_bin is None:  # a full-resolution frame: bin it like the residual
+                frame_values = binned_clipped_stats(
+                    frame_values, None, int(bundle.attrs["bin_size"]), n_iter=0
+                ).mean
+            residuals.append(np.asarray(bundle["sky"]))
+            paired.append(frame_values)
+            detectors.append(det_id)
+        if not residuals:
+            raise TaskError("no CCD of the visit has both a residual background and a sky frame")
+        fit = fit_sky_frame_scale(residuals, paired, self.config.nsigma, self.config.n_iter)
+        visit = visits.pop() if len(visits) == 1 else None
+        return SkyFrameScaleResult(
+            {
+                "scale": fit.scale,
+                "n_bins": fit.n_used,
+                "n_total": fit.n_total,
+                "rms": fit.rms,
+                "visit": visit,
+                "detectors": detectors,
+            }
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# per-CCD subtraction
+
+
+@dataclass
+class SubtractSkyFrameConfig(TaskConfig):
+    """Configuration of :class:`SubtractSkyFrameTask`.
+
+    Attributes
+    ----------
+    subtract_focal_plane : bool
+        Also subtract the visit's focal-plane background model (Rubin's full sky correction:
+        large-scale background plus sky frame). Default False: only the sky frame.
+    sample_spacing : int
+        Pixels between exact focal-plane spline evaluations. Default 32.
+    """
+
+    subtract_focal_plane: bool = False
+    sample_spacing: int = 32
+
+
+@dataclass
+class SubtractSkyFrameResult:
+    """The sky-corrected exposure (``metadata["sky_correction"]`` records the scale)."""
+
+    exposure: Exposure
+
+    def summary(self) -> dict[str, float]:
+        """The scale applied."""
+        return {"scale": float(self.exposure.metadata["sky_correction"]["scale"])}
+
+
+class SubtractSkyFrameTask(Task):
+    """Subtract the visit's scaled sky frame from one CCD."""
+
+    ConfigClass = SubtractSkyFrameConfig
+    config: SubtractSkyFrameConfig
+
+    def run(
+        self,
+        exposure: Exposure,
+        sky_frame: Exposure | ArrayBundle,
+        sky_scale: dict[str, Any],
+        focal_plane_background: ArrayBundle,
+        detector: Detector,
+    ) -> SubtractSkyFrameResult:
+        """Apply the correction.
+
+        Parameters
+        ----------
+        exposure : Exposure
+            The science CCD (counts).
+        sky_frame : Exposure or ArrayBundle
+            This detector's sky frame (full or binned).
+        sky_scale : dict
+            :class:`SkyFrameScaleTask` output of the visit (a broadcast input).
+        focal_plane_background : ArrayBundle
+            The visit's focal-plane model (the frame's normaliser; a broadcast input).
+        detector : Detector
+            Context parameter.
+
+        Raises
+        ------
+        TaskError
+            If the sky frame is of another filter than the exposure.
+        """
+        _check_filter(exposure, sky_frame, detector)
+        frame = _full_frame(sky_frame, exposure.shape)
+        model = as_bundle(focal_plane_background, MODEL_KIND, ("model",))
+        normalization = _frame_normalization(sky_frame)
+        background = evaluate_focal_plane_background(
+            model, detector, exposure.shape, sample_spacing=self.config.sample_spacing
+        )
+        normalizer = background if normalization == "local" else float(model.attrs["scale"])
+        corrected = subtract_sky_frame(exposure, frame, float(sky_scale["scale"]), normalizer)
+        if self.config.subtract_focal_plane:
+            corrected.image = corrected.image - background
+            corrected.metadata["sky_correction"]["focal_plane_subtracted"] = True
+        return SubtractSkyFrameResult(corrected)
+
+
+def _solve(r: np.ndarray, f: np.ndarray, keep: np.ndarray) -> float:
+    """Least-squares ``s`` of ``r = s f`` without intercept over the kept bins."""
+    denominator = float(np.dot(f[keep], f[keep]))
+    if denominator == 0:
+        raise TaskError("the sky frame is zero on every usable bin: cannot fit a scale")
+    return float(np.dot(f[keep], r[keep]) / denominator)
+
+
+def frame_detector(frame: Exposure | ArrayBundle) -> int:
+    """Detector id of a sky frame (an Exposure or a ``sky_frame_binned`` bundle)."""
+    if isinstance(frame, Exposure):
+        det = frame.detector if frame.detector is not None else frame.metadata.get("detector")
+    else:
+        det = as_bundle(frame, SKY_FRAME_BINNED_KIND, ("sky",)).attrs.get("detector")
+    if det is None:
+        raise TaskError("a sky frame has no detector id")
+    return int(det)
+
+
+def _binned_frame(frame: Exposure | ArrayBundle) -> tuple[int, tuple[int | None, np.ndarray]]:
+    """Detector id and (bin size or None for full resolution, values) of a sky frame."""
+    det_id = frame_detector(frame)
+    if isinstance(frame, Exposure):
+        return det_id, (None, frame.image)
+    bundle = as_bundle(frame, SKY_FRAME_BINNED_KIND, ("sky",))
+    return det_id, (int(bundle.attrs["bin_size"]), np.asarray(bundle["sky"]))
+
+
+def _full_frame(frame: Exposure | ArrayBundle, shape: tuple[int, int]) -> np.ndarray:
+    if isinstance(frame, Exposure):
+        return frame.image
+    bundle = as_bundle(frame, SKY_FRAME_BINNED_KIND, ("sky",))
+    if tuple(bundle.attrs["shape"]) != tuple(shape):
+        raise TaskError(f"sky frame of shape {bundle.attrs['shape']} for an exposure of {shape}")
+    return upsample_bins(
+        np.asarray(bundle["sky"], dtype=np.float64), shape, int(bundle.attrs["bin_size"])
+    )
+
+
+def _frame_normalization(frame: Exposure | ArrayBundle) -> str:
+    attrs = frame.metadata if isinstance(frame, Exposure) else frame.attrs
+    return str(attrs.get("normalization", "visit_scale"))
+
+
+def _check_same(residual: dict[str, Any], frame: dict[str, Any], det_id: int) -> None:
+    """A residual and a sky frame must share the physical filter and the normalisation."""
+    for key in ("physical_filter", "normalization"):
+        mine = str(residual.get(key) or "")
+        theirs = str(frame.get(key) or "")
+        if key == "normalization":
+            mine, theirs = mine or "visit_scale", theirs or "visit_scale"
+        if mine and theirs and mine != theirs:
+            raise TaskError(
+                f"detector {det_id}: residual background has {key} {mine!r}, sky frame {theirs!r}"
+            )
+
+
+def _check_filter(exposure: Exposure, frame: Exposure | ArrayBundle, detector: Detector) -> None:
+    attrs = frame.metadata if isinstance(frame, Exposure) else frame.attrs
+    want = exposure.visit_info.physical_filter if exposure.visit_info is not None else ""
+    have = str(attrs.get("physical_filter", ""))
+    if want and have and want != have:
+        raise TaskError(
+            f"detector {detector.id}: sky frame of physical filter {have!r} for an exposure "
+            f"in {want!r}"
+        )

@@ -1,0 +1,103 @@
+"""Sky correction of new science visits with the sky frames built from the sky-frame visits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from apflow.core import VisitInfo
+from apflow.errors import TaskError
+from apflow.tasks.sky import (
+    SkyCorrectionTask,
+    SkyMeasurementTask,
+    SubtractSkyFrameTask,
+    fit_sky_frame_scale,
+)
+
+
+@pytest.fixture(scope="module")
+def science_visit(sky_pipeline, sky_tools):
+    """Visit 101: same camera and patterns, new sky level, gradient, stars and noise."""
+    data = sky_tools.build_sky_data(sky_pipeline.data.camera, n_visits=1, seed=99, first_visit=101)
+    return [data.exposures[101, d] for d in data.camera.detector_ids]
+
+
+@pytest.fixture(scope="module")
+def corrected(sky_pipeline, science_visit):
+    frames = [sky_pipeline.frames[d].sky_frame for d in sky_pipeline.data.camera.detector_ids]
+    return SkyCorrectionTask().run(
+        exposures=science_visit, sky_frames=frames, camera=sky_pipeline.data.camera
+    )
+
+
+def _rms(bundles) -> float:
+    values = np.concatenate([b["sky"][np.isfinite(b["sky"])] for b in bundles])
+    return float(np.sqrt(np.mean((values - values.mean()) ** 2)))
+
+
+def test_sky_correction_lowers_the_small_scale_background_five_fold(
+    sky_pipeline, corrected
+) -> None:
+    camera = sky_pipeline.data.camera
+    measure = SkyMeasurementTask()
+    after = [
+        measure.run(
+            exposure=e,
+            focal_plane_background=corrected.focal_plane_background,
+            detector=camera[e.detector],
+        ).residual_sky
+        for e in corrected.exposures
+    ]
+    before_rms, after_rms = _rms(corrected.residual_skies), _rms(after)
+    assert before_rms > 0.02  # the 3% pattern, minus what the focal-plane model absorbs
+    assert after_rms < before_rms / 5.0, (before_rms, after_rms)
+    # the frame describes this visit: its scale is ~1
+    assert corrected.sky_scale["scale"] == pytest.approx(1.0, abs=0.03)
+    assert corrected.sky_scale["detectors"] == camera.detector_ids
+
+
+def test_fit_recovers_a_known_scale_despite_outliers() -> None:
+    rng = np.random.default_rng(5)
+    frames = [rng.normal(0.0, 0.02, (16, 16)) for _ in range(4)]
+    residuals = [1.7 * f + rng.normal(0.0, 0.001, f.shape) for f in frames]
+    residuals[0][3, 3] += 1.0
+    residuals[2][:, 5] = np.nan
+    fit = fit_sky_frame_scale(residuals, frames)
+    assert fit.scale == pytest.approx(1.7, rel=0.01)
+    assert fit.n_total == 4 * 256 - 16 and fit.n_used < fit.n_total
+
+
+def test_a_sky_frame_of_another_filter_is_refused(sky_pipeline, science_visit, corrected) -> None:
+    exposure = science_visit[0]
+    other = dataclasses.replace(
+        exposure, visit_info=VisitInfo(visit=101, band="g", physical_filter="g_sim")
+    )
+    with pytest.raises(TaskError, match="physical filter 'r_sim' for an exposure in 'g_sim'"):
+        SubtractSkyFrameTask().run(
+            exposure=other,
+            sky_frame=sky_pipeline.frames[0].sky_frame,
+            sky_scale=corrected.sky_scale,
+            focal_plane_background=corrected.focal_plane_background,
+            detector=sky_pipeline.data.camera[0],
+        )
+
+
+def test_the_binned_frame_gives_the_same_correction_as_the_full_one(
+    sky_pipeline, corrected
+) -> None:
+    camera = sky_pipeline.data.camera
+    exposure = corrected.exposures[4]
+    common = {
+        "sky_scale": corrected.sky_scale,
+        "focal_plane_background": corrected.focal_plane_background,
+        "detector": camera[4],
+    }
+    full = SubtractSkyFrameTask().run(
+        exposure=exposure, sky_frame=sky_pipeline.frames[4].sky_frame, **common
+    )
+    binned = SubtractSkyFrameTask().run(
+        exposure=exposure, sky_frame=sky_pipeline.frames[4].sky_frame_binned, **common
+    )
+    assert np.allclose(full.exposure.image, binned.exposure.image, atol=1e-2)
