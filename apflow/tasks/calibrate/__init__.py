@@ -14,6 +14,14 @@ Image characterisation, in the order ``CalibrateImageTask`` chains it::
     apcorr     = ApertureCorrectionTask().run(psf.exposure, measured.stars)
     # apcorr.exposure (background-subtracted, PSF attached), apcorr.stars (psf_instflux on the
     # 12 px aperture scale), background.background (calexp_background), psf.psf_stars
+    astrometry = AstrometryTask().run(apcorr.stars, ref_cat, wcs, image_shape, band=band,
+                                      camera=camera, detector=detector)
+    photometry = PhotometryTask().run(astrometry.sources, ref_cat, band)
+    stats      = compute_summary_stats(exposure, background, psf_stars, astrometry.summary(),
+                                       photometry.photo_calib)
+
+:class:`CalibrateImageTask` (:mod:`.calibrate_image`) runs the whole chain on one CCD, adds the
+aperture-to-total correction, converts the pixels to nJy and returns partial outputs on failure.
 """
 
 from .apcorr import (
@@ -24,12 +32,24 @@ from .apcorr import (
     apply_aperture_correction,
     measure_aperture_correction,
 )
+from .astrometry import AstrometryConfig, AstrometryResult, AstrometryTask
 from .background import (
     BackgroundConfig,
     BackgroundModel,
     BackgroundResult,
     SubtractBackgroundTask,
     estimate_background,
+)
+from .calibrate_image import (
+    ApertureToTotal,
+    CalibrateImageConfig,
+    CalibrateImageResult,
+    CalibrateImageTask,
+    apply_aperture_to_total,
+    background_bundle,
+    background_model,
+    classify_extendedness,
+    measure_aperture_to_total,
 )
 from .detection import DetectionConfig, DetectionResult, DetectSourcesTask, detect_sources
 from .measurement import (
@@ -43,23 +63,41 @@ from .measurement import (
     psf_flux,
     render_psf_stack,
 )
+from .photometry import (
+    PhotometryConfig,
+    PhotometryResult,
+    PhotometryTask,
+    calibrate_catalog,
+    robust_zero_point,
+)
 from .psf import PixelPsf, PsfModelConfig, PsfModelResult, PsfModelTask
 from .snaps import SnapCombineConfig, SnapCombineResult, SnapCombineTask, combine_two_snaps
+from .summary import SummaryStatsConfig, SummaryStatsResult, SummaryStatsTask, compute_summary_stats
 
 __all__ = [
     "ApertureCorrection",
     "ApertureCorrectionConfig",
     "ApertureCorrectionResult",
     "ApertureCorrectionTask",
+    "ApertureToTotal",
+    "AstrometryConfig",
+    "AstrometryResult",
+    "AstrometryTask",
     "BackgroundConfig",
     "BackgroundModel",
     "BackgroundResult",
+    "CalibrateImageConfig",
+    "CalibrateImageResult",
+    "CalibrateImageTask",
     "DetectSourcesTask",
     "DetectionConfig",
     "DetectionResult",
     "MeasureStarsTask",
     "MeasurementConfig",
     "MeasurementResult",
+    "PhotometryConfig",
+    "PhotometryResult",
+    "PhotometryTask",
     "PixelPsf",
     "PsfModelConfig",
     "PsfModelResult",
@@ -68,15 +106,26 @@ __all__ = [
     "SnapCombineResult",
     "SnapCombineTask",
     "SubtractBackgroundTask",
+    "SummaryStatsConfig",
+    "SummaryStatsResult",
+    "SummaryStatsTask",
     "adaptive_moments",
     "aperture_flux",
     "apply_aperture_correction",
+    "apply_aperture_to_total",
+    "background_bundle",
+    "background_model",
+    "calibrate_catalog",
+    "classify_extendedness",
     "combine_two_snaps",
+    "compute_summary_stats",
     "cut_stamps",
     "detect_sources",
     "estimate_background",
     "measure_aperture_correction",
+    "measure_aperture_to_total",
     "pixel_flags",
     "psf_flux",
     "render_psf_stack",
+    "robust_zero_point",
 ]
