@@ -321,4 +321,6 @@ def get_camera(name: str) -> Camera:
     try:
         return _BUILTIN[name]()
     except KeyError:
-        raise ValueError(f"unknown camera {name!r}; built-in cameras: {', '.join(_BUILTIN)}") from None
+        raise ValueError(
+            f"unknown camera {name!r}; built-in cameras: {', '.join(_BUILTIN)}"
+        ) from None

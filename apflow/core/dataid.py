@@ -26,7 +26,9 @@ def validate_value(key: str, value: Any) -> int | str:
     """
     if isinstance(value, bool):
         raise InvalidDataIdError(f"data id {key}={value!r}: booleans are not allowed")
-    if isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
+    if isinstance(value, int) or (
+        hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"
+    ):
         return int(value)
     if isinstance(value, str):
         if not _NAME.match(value) or value in (".", ".."):

@@ -129,9 +129,13 @@ class Exposure:
         else:
             self.variance = _as_2d("variance", self.variance, np.float32, shape)
         if self.wcs is not None and not isinstance(self.wcs, WCS):
-            raise TypeError(f"Exposure.wcs must be an astropy.wcs.WCS, got {type(self.wcs).__name__}")
+            raise TypeError(
+                f"Exposure.wcs must be an astropy.wcs.WCS, got {type(self.wcs).__name__}"
+            )
         if self.psf is not None and not isinstance(self.psf, Psf):
-            raise TypeError(f"Exposure.psf must be an apflow Psf model, got {type(self.psf).__name__}")
+            raise TypeError(
+                f"Exposure.psf must be an apflow Psf model, got {type(self.psf).__name__}"
+            )
         if self.detector is not None:
             self.detector = int(self.detector)
 

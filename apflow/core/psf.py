@@ -135,7 +135,9 @@ class _EllipticalProfile(Psf):
 
     def __post_init__(self) -> None:
         if not (self.fwhm > 0 and math.isfinite(self.fwhm)):
-            raise ValueError(f"PSF FWHM must be a positive finite number of pixels, got {self.fwhm}")
+            raise ValueError(
+                f"PSF FWHM must be a positive finite number of pixels, got {self.fwhm}"
+            )
         _shape_matrix_inverse(self.e1, self.e2)
 
     def fwhm_at(self, x: float, y: float) -> float:
@@ -286,7 +288,9 @@ class VariablePsf(Psf):
 
     def __post_init__(self) -> None:
         if self.profile not in ("gaussian", "moffat"):
-            raise ValueError(f"VariablePsf profile must be 'gaussian' or 'moffat', got {self.profile!r}")
+            raise ValueError(
+                f"VariablePsf profile must be 'gaussian' or 'moffat', got {self.profile!r}"
+            )
         for name in ("fwhm_coeffs", "e1_coeffs", "e2_coeffs"):
             coeffs = tuple(float(c) for c in getattr(self, name))
             _order_of(len(coeffs), name)  # validates the number of coefficients

@@ -64,7 +64,17 @@ def test_visit_info_round_trip():
     assert vi.time.tai.mjd == pytest.approx(60000.5)
 
 
-@pytest.mark.parametrize("bad", [{"visit": "../x"}, {"visit": "a/b"}, {"visit": 1.5}, {"visit": True}, {"../k": 1}, {"visit": ".."}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"visit": "../x"},
+        {"visit": "a/b"},
+        {"visit": 1.5},
+        {"visit": True},
+        {"../k": 1},
+        {"visit": ".."},
+    ],
+)
 def test_bad_data_ids_are_refused(bad):
     with pytest.raises(InvalidDataIdError):
         normalize_data_id(bad)

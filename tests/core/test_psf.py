@@ -17,7 +17,9 @@ def _moments(image: np.ndarray) -> tuple[float, float, float, float]:
     return mx, my, ixx, iyy
 
 
-@pytest.mark.parametrize("psf", [GaussianPsf(3.0), MoffatPsf(3.5, beta=4.0), GaussianPsf(4.0, e1=0.1)])
+@pytest.mark.parametrize(
+    "psf", [GaussianPsf(3.0), MoffatPsf(3.5, beta=4.0), GaussianPsf(4.0, e1=0.1)]
+)
 def test_images_are_normalised(psf):
     assert psf.compute_image(10.0, 20.0).sum() == pytest.approx(1.0, abs=1e-12)
 
