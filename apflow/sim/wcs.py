@@ -177,22 +177,8 @@ def true_wcs_header(
     x0, y0 = optical_axis_pixel(detector)
     cd = cd_matrix(camera, detector, rotation_deg)
     k_pix = camera.distortion_k * detector.pixel_size**2
-    header: dict[str, Any] = {
-        "WCSAXES": 2,
-        "CTYPE1": "RA---TAN-SIP",
-        "CTYPE2": "DEC--TAN-SIP",
-        "CUNIT1": "deg",
-        "CUNIT2": "deg",
-        # FITS pixels are 1-based
-        "CRPIX1": x0 + 1.0,
-        "CRPIX2": y0 + 1.0,
-        "CRVAL1": float(boresight_ra),
-        "CRVAL2": float(boresight_dec),
-        "CD1_1": float(cd[0, 0]),
-        "CD1_2": float(cd[0, 1]),
-        "CD2_1": float(cd[1, 0]),
-        "CD2_2": float(cd[1, 1]),
-        "RADESYS": "ICRS",
+    header = _tan_cards(x0, y0, boresight_ra, boresight_dec, cd, sip=True)
+    header |= {
         "A_ORDER": 3,
         "B_ORDER": 3,
         "A_3_0": k_pix,
@@ -233,12 +219,21 @@ def initial_wcs_header(
     ra, dec = tangent_to_sky(east / 3600.0, north / 3600.0, boresight_ra, boresight_dec)
     x0, y0 = optical_axis_pixel(detector)
     cd = cd_matrix(camera, detector, rotation_deg + rotation_error_deg)
+    return _tan_cards(x0, y0, ra, dec, cd, sip=False)
+
+
+def _tan_cards(
+    x0: float, y0: float, ra: float, dec: float, cd: np.ndarray, sip: bool
+) -> dict[str, Any]:
+    """Cards of a gnomonic WCS with reference pixel (x0, y0) (0-based) at (ra, dec)."""
+    suffix = "-SIP" if sip else ""
     return {
         "WCSAXES": 2,
-        "CTYPE1": "RA---TAN",
-        "CTYPE2": "DEC--TAN",
+        "CTYPE1": "RA---TAN" + suffix,
+        "CTYPE2": "DEC--TAN" + suffix,
         "CUNIT1": "deg",
         "CUNIT2": "deg",
+        # FITS pixels are 1-based
         "CRPIX1": x0 + 1.0,
         "CRPIX2": y0 + 1.0,
         "CRVAL1": float(ra),
