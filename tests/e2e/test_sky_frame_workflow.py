@@ -3,7 +3,7 @@
 Tolerance (issue 4): the recovered 32-px sky frame matches the injected pattern to better than 2%
 of the pattern's rms on every detector, after removing from both the superpixel-scale part that
 the focal-plane background model necessarily absorbs (the chain's own linear operator, applied to
-the noise-free truth, as in tests/tasks/sky).
+the noise-free truth: apflow.tasks.sky.absorbed_by_focal_plane_model).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 from apflow import run
 from apflow.io import Repository
 from apflow.sim import simulate
-from tests.tasks.sky.conftest import bin_means, superpixel_part
+from apflow.tasks.sky import absorbed_by_focal_plane_model
+from tests.tasks.sky.conftest import bin_means
 
 N_VISITS = 10
 
@@ -30,7 +31,7 @@ def sky_repo(tmp_path_factory) -> str:
 
 def _small_scale(camera, binned: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     full = {d: np.repeat(np.repeat(b, 32, axis=0), 32, axis=1) for d, b in binned.items()}
-    large = superpixel_part(camera, full)
+    large = absorbed_by_focal_plane_model(camera, full)
     return {d: binned[d] - bin_means(large[d]) for d in binned}
 
 
@@ -41,7 +42,7 @@ def test_sky_frames_match_truth_to_2_percent(sky_repo):
         d: np.asarray(repo.get("truth_sky_frame", detector=d)["pattern"], dtype=np.float64)
         for d in camera.detector_ids
     }
-    absorbed = superpixel_part(camera, patterns)
+    absorbed = absorbed_by_focal_plane_model(camera, patterns)
     truth = {d: bin_means((patterns[d] - absorbed[d]) / (1.0 + absorbed[d])) for d in patterns}
     recovered = {
         d: np.asarray(repo.get("sky_frame_binned", detector=d)["sky"], dtype=np.float64)

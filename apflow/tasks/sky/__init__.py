@@ -46,6 +46,7 @@ from .focal_plane_model import (
     FocalPlaneBackgroundConfig,
     FocalPlaneBackgroundResult,
     FocalPlaneBackgroundTask,
+    absorbed_by_focal_plane_model,
     evaluate_focal_plane_background,
     focal_plane_model,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "FocalPlaneBackgroundConfig",
     "FocalPlaneBackgroundResult",
     "FocalPlaneBackgroundTask",
+    "absorbed_by_focal_plane_model",
     "FocalPlaneGrid",
     "FocalPlanePartialConfig",
     "FocalPlanePartialResult",

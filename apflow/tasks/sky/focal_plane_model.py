@@ -19,15 +19,21 @@ import numpy as np
 from scipy.interpolate import RectBivariateSpline
 from scipy.ndimage import gaussian_filter
 
-from ...core import Detector
+from ...core import Camera, Detector
 from ...errors import ConfigError, TaskError
 from ..base import Task, TaskConfig
 from .bundle import ArrayBundle, as_bundle
-from .focal_plane import PARTIAL_KIND, FocalPlaneGrid, merge_partials
+from .focal_plane import (
+    PARTIAL_KIND,
+    FocalPlaneGrid,
+    measure_focal_plane_partial,
+    merge_partials,
+)
 from .interpolate import fill_bad_bins, upsample_grid
 
 __all__ = [
     "MODEL_KIND",
+    "absorbed_by_focal_plane_model",
     "FocalPlaneBackgroundConfig",
     "FocalPlaneBackgroundResult",
     "FocalPlaneBackgroundTask",
@@ -303,3 +309,45 @@ def _sample_positions(n_pixels: int, spacing: int) -> np.ndarray:
     if positions[-1] != n_pixels - 1:
         positions = np.append(positions, n_pixels - 1)
     return positions
+
+
+def absorbed_by_focal_plane_model(
+    camera: Camera, images: dict[int, np.ndarray]
+) -> dict[int, np.ndarray]:
+    """``M[X]``: what the focal-plane background model makes of noise-free images ``X``.
+
+    The sky-frame chain's own operator applied exactly (plain superpixel means of all pixels of
+    all detectors, no clipping or mask, bad superpixels filled, the model evaluated on every CCD).
+    It is linear, so ``M[1 + X] = 1 + M[X]``; the 1 keeps the model's scale positive. A sky frame
+    can only recover the part of a sky pattern ``P`` that the model does not absorb, which is
+    what tests compare against truth.
+
+    Parameters
+    ----------
+    camera : Camera
+        The camera whose focal-plane grid the chain uses.
+    images : dict of int to numpy.ndarray
+        Dimensionless image per detector id, shape ``detector.shape``.
+
+    Returns
+    -------
+    dict of int to numpy.ndarray
+        ``M[X]`` per detector (float64, same shapes).
+    """
+    grid = FocalPlaneGrid.from_camera(camera)
+    arrays: dict[str, np.ndarray] = {}
+    for det in camera.detectors:
+        partial = measure_focal_plane_partial(1.0 + images[det.id], None, det, grid, n_iter=0)
+        arrays = {k: arrays.get(k, 0) + v for k, v in partial.items()}
+    attrs = {
+        "kind": PARTIAL_KIND,
+        **grid.to_attrs(),
+        "pixel_size_mm": camera.detectors[0].pixel_size,
+        "detectors": camera.detector_ids,
+        "visit": None,
+    }
+    model, _ = focal_plane_model(ArrayBundle(arrays, attrs))
+    return {
+        det.id: evaluate_focal_plane_background(model, det).astype(np.float64) - 1.0
+        for det in camera.detectors
+    }

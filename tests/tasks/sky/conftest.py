@@ -26,17 +26,13 @@ import numpy as np
 import pytest
 
 from apflow.core import Camera, Detector, Exposure, MaskPlanes, VisitInfo
-from apflow.io import ArrayBundle
 from apflow.tasks.sky import (
     FocalPlaneBackgroundTask,
-    FocalPlaneGrid,
     FocalPlanePartialTask,
     MaskObjectsTask,
     SkyCombineTask,
     SkyMeasurementTask,
-    evaluate_focal_plane_background,
-    focal_plane_model,
-    measure_focal_plane_partial,
+    absorbed_by_focal_plane_model,
 )
 
 PIXELS = 512
@@ -244,30 +240,8 @@ def run_sky_pipeline(data: SkyData) -> SkyPipelineRun:
     return SkyPipelineRun(data, masked, partials, models, residuals, frames, seconds)
 
 
-def superpixel_part(camera: Camera, images: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    """``M[X]``: what the focal-plane model makes of noise-free images ``X`` (one per detector).
-
-    The chain's own operator, applied exactly: plain superpixel means of all pixels of all
-    detectors (no clipping, no mask), bad superpixels filled, the spline evaluated on every CCD.
-    It is linear, so ``M[1 + X] = 1 + M[X]`` (the 1 keeps the model's scale positive).
-    """
-    grid = FocalPlaneGrid.from_camera(camera)
-    arrays: dict[str, np.ndarray] = {}
-    for det in camera.detectors:
-        partial = measure_focal_plane_partial(1.0 + images[det.id], None, det, grid, n_iter=0)
-        arrays = {k: arrays.get(k, 0) + v for k, v in partial.items()}
-    attrs = {
-        "kind": "focal_plane_partial",
-        **grid.to_attrs(),
-        "pixel_size_mm": camera.detectors[0].pixel_size,
-        "detectors": camera.detector_ids,
-        "visit": None,
-    }
-    model, _ = focal_plane_model(ArrayBundle(arrays, attrs))
-    return {
-        det.id: evaluate_focal_plane_background(model, det).astype(np.float64) - 1.0
-        for det in camera.detectors
-    }
+# ``M[X]``: what the focal-plane model makes of noise-free images (the chain's own operator).
+superpixel_part = absorbed_by_focal_plane_model
 
 
 def bin_means(image: np.ndarray, bin_size: int = 32, border: int = 4) -> np.ndarray:
