@@ -209,12 +209,21 @@ def execute(
     causes: dict[str, str] = {}
     ready: list[tuple[int, int, str]] = []
     order = {k: n for n, k in enumerate(quanta)}
+    gates = _Gates(graph)
+
+    def push(key: str) -> None:
+        quantum = quanta[key]
+        if gates.admit(quantum):
+            heapq.heappush(ready, (-quantum.depth, order[key], key))
 
     def record(quantum: Quantum, status: str) -> None:
         stage = summary.stages[quantum.stage]
         setattr(stage, status, getattr(stage, status) + 1)
         if on_outcome is not None:
             on_outcome(quantum.stage, status)
+        if status != "skipped":
+            for key in gates.finished(quantum):
+                heapq.heappush(ready, (-quanta[key].depth, order[key], key))
 
     def resolve(key: str, produced: set[str] | None, cause: str) -> None:
         # ``produced`` = dataset types the quantum wrote; None when it failed or was blocked
@@ -236,7 +245,7 @@ def execute(
                 if waiting[child_key] == 0:
                     reason = _blocking_reason(child, lost.get(child_key, {}), causes)
                     if reason is None:
-                        heapq.heappush(ready, (-child.depth, order[child_key], child_key))
+                        push(child_key)
                     else:
                         record(child, "blocked")
                         summary.blocked.append(
@@ -250,7 +259,7 @@ def execute(
         if quantum.skip:
             record(quantum, "skipped")
         elif not quantum.upstream:
-            heapq.heappush(ready, (-quantum.depth, order[key], key))
+            push(key)
 
     in_flight: dict[Any, str] = {}
     try:
@@ -290,6 +299,73 @@ def execute(
         if name in first_submit:
             stage.wall_seconds = last_done.get(name, first_submit[name]) - first_submit[name]
     return summary
+
+
+class _Gates:
+    """Barriers of stages with ``ordered_by``: one value of that dimension runs at a time.
+
+    A ready quantum of a later value is parked until every quantum of the earlier values has
+    finished (done, failed or blocked). Counting per value keeps this O(quanta), where explicit
+    edges between consecutive visits would be O(CCDs^2) per visit.
+    """
+
+    def __init__(self, graph: QuantumGraph) -> None:
+        self._dimension: dict[str, str] = {
+            s.name: s.ordered_by for s in graph.workflow.stages if s.ordered_by
+        }
+        self._remaining: dict[str, dict[Any, int]] = {s: {} for s in self._dimension}
+        for quantum in graph.quanta.values():
+            dim = self._dimension.get(quantum.stage)
+            if dim is None or quantum.skip:
+                continue
+            value = self._value(quantum, dim)
+            counts = self._remaining[quantum.stage]
+            counts[value] = counts.get(value, 0) + 1
+        self._values = {s: sorted(c, key=_orderable) for s, c in self._remaining.items()}
+        self._open = {s: 0 for s in self._dimension}
+        self._parked: dict[str, dict[Any, list[str]]] = {
+            s: defaultdict(list) for s in self._dimension
+        }
+
+    @staticmethod
+    def _value(quantum: Quantum, dim: str) -> Any:
+        return dict(quantum.data_id)[dim]
+
+    def _current(self, stage: str) -> Any:
+        values = self._values[stage]
+        index = self._open[stage]
+        return values[index] if index < len(values) else None
+
+    def admit(self, quantum: Quantum) -> bool:
+        """True when ``quantum`` may be submitted now; otherwise it is parked."""
+        dim = self._dimension.get(quantum.stage)
+        if dim is None:
+            return True
+        value = self._value(quantum, dim)
+        if value == self._current(quantum.stage):
+            return True
+        self._parked[quantum.stage][value].append(quantum.key)
+        return False
+
+    def finished(self, quantum: Quantum) -> list[str]:
+        """Record an outcome; return the parked keys that the barrier now releases."""
+        dim = self._dimension.get(quantum.stage)
+        if dim is None:
+            return []
+        stage = quantum.stage
+        counts = self._remaining[stage]
+        counts[self._value(quantum, dim)] -= 1
+        released: list[str] = []
+        while (current := self._current(stage)) is not None and counts[current] == 0:
+            self._open[stage] += 1
+            following = self._current(stage)
+            if following is not None:
+                released.extend(self._parked[stage].pop(following, []))
+        return released
+
+
+def _orderable(value: Any) -> tuple[bool, Any]:
+    return (isinstance(value, str), value)
 
 
 def _blocking_reason(

@@ -79,19 +79,31 @@ def run_quantum(spec: QuantumSpec) -> dict[str, Any]:
         kwargs, read_ids = _read_inputs(repo, spec)
         kwargs.update(_context(repo, spec, read_ids))
         task = _task_class(spec.task)(spec.config)
-        result = task.run(**kwargs)
+
+        def provenance_until(end: float) -> dict[str, Any]:
+            return quantum_provenance(
+                run_id=spec.run_id,
+                workflow=spec.workflow,
+                stage=spec.stage,
+                task=spec.task,
+                config=spec.config.to_dict(),
+                data_id=dict(spec.data_id),
+                input_data_ids=read_ids,
+                start=start,
+                end=end,
+            )
+
+        try:
+            result = task.run(**kwargs)
+        except Exception as exc:
+            partial = getattr(exc, "partial_outputs", None)
+            if partial is not None:
+                # the pixels must not travel back to the scheduler inside the exception
+                del exc.partial_outputs
+                _write_partial(repo, spec, partial, exc, provenance_until(time.time()))
+            raise
         computed = time.time()
-        provenance = quantum_provenance(
-            run_id=spec.run_id,
-            workflow=spec.workflow,
-            stage=spec.stage,
-            task=spec.task,
-            config=spec.config.to_dict(),
-            data_id=dict(spec.data_id),
-            input_data_ids=read_ids,
-            start=start,
-            end=computed,
-        )
+        provenance = provenance_until(computed)
         written, not_produced = [], []
         for name, dataset_type in spec.outputs:
             if not hasattr(result, name):
@@ -124,6 +136,29 @@ def run_quantum(spec: QuantumSpec) -> dict[str, Any]:
     }
     publish_event(spec, "finished", seconds=end - start, summary=summary)
     return outcome
+
+
+def _write_partial(
+    repo: Any, spec: QuantumSpec, partial: Any, exc: BaseException, provenance: dict[str, Any]
+) -> None:
+    """Write what a failed task had validly computed (Rubin's partial outputs).
+
+    The quantum still counts as failed and its dependants are blocked. So that a later run does
+    not skip it as complete, at least one output is always left unwritten: when the partial
+    result carries every output, the last one declared is held back.
+    """
+    provenance = {**provenance, "partial": True, "failure": f"{type(exc).__name__}: {exc}"[:2000]}
+    present = [(n, dt) for n, dt in spec.outputs if getattr(partial, n, None) is not None]
+    if len(present) == len(spec.outputs):
+        present = present[:-1]
+    for name, dataset_type in present:
+        repo.put(
+            getattr(partial, name),
+            dataset_type,
+            overwrite=True,
+            provenance=provenance,
+            **spec.data_id,
+        )
 
 
 def publish_event(spec: QuantumSpec, kind: str, **fields: Any) -> None:
@@ -188,6 +223,9 @@ def _context(
     context: dict[str, Any] = {}
     if "data_id" in spec.context:
         context["data_id"] = dict(spec.data_id)
+    if "repo_url" in spec.context:
+        # for tasks that keep state beside the repository (the APDB's default SQLite file)
+        context["repo_url"] = repo.url
     if "input_data_ids" in spec.context:
         gathered = {i.name for i in spec.inputs if i.gathered}
         context["input_data_ids"] = {k: v for k, v in read_ids.items() if k in gathered}

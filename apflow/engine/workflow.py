@@ -18,10 +18,19 @@ A workflow file looks like::
         inputs:
           detector_stats: {dataset: image_stats, min_inputs: 1}   # or allow_partial: true
         outputs: {stats: visit_stats}
+      associate:
+        ...
+        dimensions: [visit, detector]
+        ordered_by: visit      # every quantum of visit v finishes before any of the next visit
 
 An input whose dimensions are a subset of the stage's is passed as one object (one-to-one, or a
 broadcast such as a per-visit level to every CCD of the visit); one with more dimensions is a
 gather and arrives as a list ordered by data id. Any other relation cannot be grouped.
+
+``ordered_by`` makes a stage run its quanta in the order of one dimension's values, one value at a
+time (a barrier between values, not a data dependency: a failed quantum of visit 3 does not block
+visit 4). Alert production uses it so that association sees visits in time order on any cluster:
+visit ids increase with observation time (as Rubin's do), so ordering by ``visit`` is time order.
 """
 
 from __future__ import annotations
@@ -50,8 +59,8 @@ __all__ = [
 ]
 
 #: run() parameters that the engine fills from the quantum rather than from the repository.
-CONTEXT_PARAMETERS = frozenset({"data_id", "camera", "detector", "input_data_ids"})
-_STAGE_KEYS = {"task", "dimensions", "inputs", "outputs", "config", "description"}
+CONTEXT_PARAMETERS = frozenset({"data_id", "camera", "detector", "input_data_ids", "repo_url"})
+_STAGE_KEYS = {"task", "dimensions", "inputs", "outputs", "config", "description", "ordered_by"}
 _INPUT_KEYS = {"dataset", "optional", "min_inputs", "allow_partial"}
 
 
@@ -98,6 +107,7 @@ class Stage:
     outputs: tuple[tuple[str, str], ...]
     config: TaskConfig
     context: frozenset[str] = frozenset()
+    ordered_by: str | None = None
 
     def input(self, name: str) -> InputSpec:
         """The input called ``name``."""
@@ -365,7 +375,23 @@ def _parse_stage(name: str, spec: Any, where: str) -> Stage:
     except ConfigError as exc:
         raise WorkflowError(f"{where}: {exc}") from None
     context = _check_signature(task_class, inputs, where)
-    return Stage(name, str(spec["task"]), task_class, dimensions, inputs, outputs, config, context)
+    ordered_by = spec.get("ordered_by")
+    if ordered_by is not None and ordered_by not in dimensions:
+        raise WorkflowError(
+            f"{where}: ordered_by {ordered_by!r} must be one of the stage's dimensions "
+            f"{list(dimensions)}"
+        )
+    return Stage(
+        name,
+        str(spec["task"]),
+        task_class,
+        dimensions,
+        inputs,
+        outputs,
+        config,
+        context,
+        None if ordered_by is None else str(ordered_by),
+    )
 
 
 def _parse_input(name: Any, spec: Any, where: str) -> InputSpec:
