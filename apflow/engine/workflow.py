@@ -24,8 +24,11 @@ A workflow file looks like::
         ordered_by: visit      # every quantum of visit v finishes before any of the next visit
 
 An input whose dimensions are a subset of the stage's is passed as one object (one-to-one, or a
-broadcast such as a per-visit level to every CCD of the visit); one with more dimensions is a
-gather and arrives as a list ordered by data id. Any other relation cannot be grouped.
+broadcast such as a per-visit level to every CCD of the visit). An input with dimensions the stage
+does not have is a gather and arrives as a list ordered by data id: every available data id that
+agrees with the quantum on the dimensions they share (all CCDs of the visit for a per-visit stage;
+all template patches for a per-CCD stage, since there is no shared dimension - the task picks the
+patches that overlap its CCD).
 
 ``ordered_by`` makes a stage run its quanta in the order of one dimension's values, one value at a
 time (a barrier between values, not a data dependency: a failed quantum of visit 3 does not block
@@ -202,9 +205,9 @@ class Workflow:
         Raises
         ------
         WorkflowError
-            On an unknown dataset type, an output whose dimensions differ from the stage's, an
-            input that can be neither passed one-to-one nor gathered, or stage dimensions that
-            the inputs do not determine.
+            On an unknown dataset type, an output whose dimensions differ from the stage's,
+            ``min_inputs`` on an input that is not gathered, or stage dimensions that the
+            inputs do not determine.
         """
 
         def dims(dataset_type: str, where: str) -> tuple[str, ...]:
@@ -232,13 +235,6 @@ class Workflow:
             for spec in stage.inputs:
                 in_dims = set(dims(spec.dataset_type, f"stage {stage.name!r} input {spec.name!r}"))
                 gathered = not in_dims <= stage_dims
-                if gathered and not stage_dims <= in_dims:
-                    raise WorkflowError(
-                        f"workflow {self.name!r}, stage {stage.name!r}: input {spec.name!r} "
-                        f"({spec.dataset_type}, dimensions {sorted(in_dims)}) cannot be grouped "
-                        f"by the stage's dimensions {sorted(stage_dims)}: it must have a subset "
-                        "(one object per quantum) or a superset (gathered into a list)"
-                    )
                 if spec.min_inputs is not None and not gathered:
                     raise WorkflowError(
                         f"workflow {self.name!r}, stage {stage.name!r}: input {spec.name!r} sets "

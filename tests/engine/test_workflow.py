@@ -128,23 +128,6 @@ def test_cycle_is_reported_with_its_stages(tmp_path):
         load_workflow(path)
 
 
-def test_dimension_that_cannot_be_grouped_is_reported(tmp_path):
-    path = write(
-        tmp_path,
-        stages_yaml(f"""
-        s:
-          task: {VISIT}
-          dimensions: [visit]
-          inputs: {{detector_stats: sky_frame}}
-          outputs: {{stats: visit_stats}}
-        """),
-    )
-    with pytest.raises(
-        WorkflowError, match=r"sky_frame, dimensions \['detector'\]\) cannot be grouped"
-    ):
-        load_workflow(path)
-
-
 def test_output_dimensions_must_equal_stage_dimensions(tmp_path):
     path = write(
         tmp_path,
