@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -233,3 +234,15 @@ def test_config_overrides_are_converted_and_validated():
 def test_bad_config_override_is_reported(override, message):
     with pytest.raises(ConfigError, match=message):
         load_workflow("example").with_config([override])
+
+
+def test_the_package_carries_the_workflows_for_a_wheel_install():
+    # apflow/workflows links to the top-level folder and is package data: a non-editable install
+    # (where the top-level folder does not exist) still finds every workflow
+    import apflow
+
+    packaged = Path(apflow.__file__).resolve().parent / "workflows"
+    top_level = Path(apflow.__file__).resolve().parent.parent / "workflows"
+    assert sorted(p.name for p in packaged.glob("*.yaml")) == sorted(
+        p.name for p in top_level.glob("*.yaml")
+    )
