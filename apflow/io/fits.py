@@ -161,6 +161,7 @@ def ingest_fits(
     dataset_type: str = "post_isr",
     header_map: Mapping[str, str | Sequence[str]] | None = None,
     overwrite: bool = False,
+    check_shape: bool = True,
 ) -> list[dict[str, Any]]:
     """Ingest FITS files into a repository as exposures.
 
@@ -178,6 +179,9 @@ def ingest_fits(
         See :func:`read_exposure_fits`.
     overwrite : bool
         Replace datasets that exist.
+    check_shape : bool
+        Require each image to have its detector's size in the repository's camera (a sub-image
+        or a file of another camera is refused); turn off for cut-outs made on purpose.
 
     Returns
     -------
@@ -198,6 +202,9 @@ def ingest_fits(
     for name in names:
         fields = _header_fields(name, header_map)
         data_id = _data_id_for(repo, dtype, fields, name)
+        shape = fields.pop("_shape", None)
+        if check_shape:
+            _check_shape(repo, data_id, shape, name)
         key = tuple(data_id.items())
         if key in planned:
             raise IngestError(f"{name}: same data id {data_id} as {planned[key]}")
@@ -243,11 +250,35 @@ def _header_fields(name: str, header_map: Mapping[str, Any] | None) -> dict[str,
             warnings.simplefilter("ignore", FITSFixedWarning)
             with fits.open(name) as hdul:
                 image_hdu = _image_hdu(hdul, name)
-                return _fields(hdul[0].header, image_hdu.header, name, mapping)
+                fields = _fields(hdul[0].header, image_hdu.header, name, mapping)
+                fields["_shape"] = (image_hdu.header.get("NAXIS2"), image_hdu.header.get("NAXIS1"))
+                return fields
     except IngestError:
         raise
     except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
         raise IngestError(f"{name}: cannot read FITS: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_shape(repo: Any, data_id: dict[str, Any], shape: Any, name: str) -> None:
+    """A CCD image must have its detector's size: a wrong file would break every later stage."""
+    if "detector" not in data_id or shape is None or None in shape:
+        return
+    camera = repo.camera
+    if isinstance(camera, str):
+        from ..core import get_camera
+
+        camera = get_camera(camera)
+    try:
+        detector = camera[data_id["detector"]]
+    except (KeyError, IndexError):
+        raise IngestError(
+            f"{name}: detector {data_id['detector']} is not in camera {camera.name}"
+        ) from None
+    if tuple(shape) != tuple(detector.shape):
+        raise IngestError(
+            f"{name}: image is {shape[1]} x {shape[0]} pixels but detector {detector.id} "
+            f"({detector.name}) of camera {camera.name} is {detector.width} x {detector.height}"
+        )
 
 
 def _data_id_for(repo: Any, dtype: Any, fields: dict[str, Any], name: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def _write_fits(path, visit: int, detector: int, drop: str | None = None) -> Non
     )
     if drop:
         del header[drop]
-    data = np.random.default_rng(visit).normal(100, 10, (64, 64)).astype(np.float32)
+    data = np.random.default_rng(visit).normal(100, 10, (1024, 1024)).astype(np.float32)
     fits.PrimaryHDU(data=data, header=header).writeto(path)
 
 

@@ -65,7 +65,7 @@ def test_read_multi_extension_file(tmp_path, make_exposure, sky_offset):
 def test_ingest_multi_extension_file(tmp_path, repo, make_exposure):
     path = tmp_path / "calexp.fits"
     rubin_like_file(path, make_exposure)
-    assert ingest_fits(repo, [path]) == [{"visit": 11, "detector": 4}]
+    assert ingest_fits(repo, check_shape=False, paths=[path]) == [{"visit": 11, "detector": 4}]
     stored = repo.get("post_isr", visit=11, detector=4)
     assert stored.detector == 4 and stored.visit_info.band == "r"
     assert repo.provenance("post_isr", visit=11, detector=4)["ingested_from"] == str(path)
@@ -88,7 +88,7 @@ def test_ingest_single_hdu_file(tmp_path, repo):
     header.update(wcs.to_header())
     path = tmp_path / "raw.fits"
     fits.PrimaryHDU(image, header=header).writeto(path)
-    assert ingest_fits(repo, [path]) == [{"visit": 3, "detector": 2}]
+    assert ingest_fits(repo, check_shape=False, paths=[path]) == [{"visit": 3, "detector": 2}]
     stored = repo.get("post_isr", visit=3, detector=2)
     assert stored.image.dtype == np.float32 and np.array_equal(stored.image, image)
     assert np.isnan(stored.variance).all() and not stored.mask.any()
@@ -119,7 +119,7 @@ def test_one_bad_file_stores_nothing_of_it(tmp_path, repo, make_exposure):
     bad = tmp_path / "bad.fits"
     rubin_like_file(bad, make_exposure, visit=2, EXPTIME=None, EXPOSURE=None)
     with pytest.raises(IngestError, match=r"bad\.fits.*EXPTIME"):
-        ingest_fits(repo, [good, bad])
+        ingest_fits(repo, check_shape=False, paths=[good, bad])
     assert repo.data_ids("post_isr") == []  # headers are checked before anything is written
 
 
@@ -129,7 +129,7 @@ def test_truncated_file_is_an_ingest_error(tmp_path, repo, make_exposure):
     rubin_like_file(path, make_exposure)
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(IngestError, match=r"cut\.fits"):
-        ingest_fits(repo, [path])
+        ingest_fits(repo, check_shape=False, paths=[path])
     assert repo.data_ids("post_isr") == []
 
 
@@ -147,5 +147,15 @@ def test_export_round_trip(tmp_path, repo, make_exposure, exposures_identical, s
     assert fields["detector"] == 4
     with pytest.raises(FileExistsError):
         write_exposure_fits(exposure, path)
-    ingest_fits(repo, [path])
+    ingest_fits(repo, check_shape=False, paths=[path])
     exposures_identical(exposure, repo.get("post_isr", visit=7, detector=4))
+
+
+def test_image_of_the_wrong_size_for_its_detector_is_refused(tmp_path, repo, make_exposure):
+    path = tmp_path / "cutout.fits"
+    rubin_like_file(path, make_exposure)
+    with pytest.raises(
+        IngestError, match=r"cutout\.fits: image is \d+ x \d+ pixels but detector 4"
+    ):
+        ingest_fits(repo, [path])
+    assert repo.data_ids("post_isr") == []
