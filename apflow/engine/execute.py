@@ -71,7 +71,12 @@ class DistributedBackend:
 
     def submit(self, spec: QuantumSpec, priority: int) -> Any:
         future = self.client.submit(
-            run_quantum, spec, key=spec.key, retries=self.retries, pure=False, priority=priority
+            run_quantum,
+            spec,
+            key=spec.dask_key,
+            retries=self.retries,
+            pure=False,
+            priority=priority,
         )
         self._completed.add(future)
         return future

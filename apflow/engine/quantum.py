@@ -51,6 +51,14 @@ class QuantumSpec:
     context: frozenset[str]
     repo: Any
     event_topic: str | None = None
+    namespace: str = ""
+
+    @property
+    def dask_key(self) -> str:
+        """The key on the cluster: the quantum's key plus a digest of the repository, workflow
+        and stage config, so two runs on one scheduler for different repositories (or configs)
+        never share a task, while a rerun of the same thing keeps the same key."""
+        return f"{self.key}-{self.namespace}" if self.namespace else self.key
 
 
 def run_quantum(spec: QuantumSpec) -> dict[str, Any]:

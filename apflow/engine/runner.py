@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -176,6 +178,10 @@ def _register_dataset_types(workflow: Workflow, repository: Any) -> None:
 def _spec_factory(graph: QuantumGraph, summary: RunSummary, repository: Any, topic: str | None):
     workflow = graph.workflow
     stages = {s.name: s for s in workflow.stages}
+    namespaces = {
+        s.name: _namespace(repository, workflow.name, s.name, s.config.to_dict())
+        for s in workflow.stages
+    }
 
     def make_spec(quantum: Quantum, lost: dict[str, list[tuple[IdKey, bool]]]) -> QuantumSpec:
         stage = stages[quantum.stage]
@@ -204,9 +210,15 @@ def _spec_factory(graph: QuantumGraph, summary: RunSummary, repository: Any, top
             context=stage.context,
             repo=repository,
             event_topic=topic,
+            namespace=namespaces[stage.name],
         )
 
     return make_spec
+
+
+def _namespace(repository: Any, workflow: str, stage: str, config: dict[str, Any]) -> str:
+    text = json.dumps([_repo_url(repository), workflow, stage, config], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 @contextlib.contextmanager

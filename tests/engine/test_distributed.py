@@ -47,6 +47,35 @@ def test_cluster_run_matches_synchronous_run_bit_for_bit(
     assert stream.getvalue().count("[apflow] ") == 3
 
 
+def test_two_runs_on_one_scheduler_for_two_repositories_do_not_share_quanta(
+    tmp_path, dask_cluster, helpers
+):
+    # same workflow, same data ids: the quantum keys are equal, so the keys on the cluster must
+    # tell the repositories apart or the second run would be handed the first run's futures
+    repos = [helpers.make_repo(tmp_path / name, visits=(1, 2)) for name in ("a", "b")]
+    summaries = {}
+
+    def run(repo):
+        summaries[repo.url] = apflow.run(
+            "example",
+            repo,
+            scheduler=dask_cluster.address,
+            progress=False,
+            config={"image_stats.repeat": 30},  # long enough for the two runs to overlap
+        )
+
+    threads = [threading.Thread(target=run, args=(repo,)) for repo in repos]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    for repo in repos:
+        summary = summaries[repo.url]
+        assert summary.ok and summary.count("done") == 18 + 2 + 18
+        assert len(repo.data_ids("normalized")) == 18
+        assert repo.provenance("visit_stats", visit=2)["run_id"] == summary.run_id
+
+
 def test_quanta_publish_events_to_the_run_topic(tmp_path, dask_cluster, helpers):
     repo = helpers.make_repo(tmp_path / "repo", visits=(1,))
     summary = apflow.run("example", repo, scheduler=dask_cluster.address, progress=False)
