@@ -249,6 +249,64 @@ def demo(directory, n_visits, workers, seed) -> None:
     sys.exit(status)
 
 
+@main.group()
+def alerts() -> None:
+    """Inspect Avro alert files (containers, Confluent-framed messages, JSON samples)."""
+
+
+@alerts.command(name="read")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Alerts to show.")
+@click.option(
+    "--png",
+    "png_dir",
+    type=click.Path(file_okay=False),
+    help="Write <diaSourceId>.png (difference, science, template cutouts) into this directory.",
+)
+@_friendly_errors
+def alerts_read(file, limit, png_dir) -> None:
+    """Print a table of the alerts in FILE and optionally their cutouts as PNG."""
+    from .io.alerts import alert_summary, cutouts_png, read_alerts
+
+    records = read_alerts(file)
+    shown = records if limit is None else records[:limit]
+    click.echo(f"{file}: {len(records)} alert(s)" + (f", showing {len(shown)}" if limit else ""))
+    header = (
+        f"{'diaSourceId':>20} {'ra':>11} {'dec':>11} {'psfFlux':>11} {'snr':>7} {'band':>4} "
+        f"{'diaObjectId':>20} {'ssObjectId':>12} {'n_prv':>5}  cutouts(diff/sci/tmpl)"
+    )
+    click.echo(header)
+    for record in shown:
+        row = alert_summary(record)
+        click.echo(
+            f"{_cell(row['diaSourceId'], 20)} {_cell(row['ra'], 11, '.6f')} "
+            f"{_cell(row['dec'], 11, '.6f')} {_cell(row['psfFlux'], 11, '.1f')} "
+            f"{_cell(row['snr'], 7, '.1f')} {_cell(row['band'], 4)} "
+            f"{_cell(row['diaObjectId'], 20)} {_cell(row['ssObjectId'], 12)} "
+            f"{row['n_prv']:>5}  {row['cutouts']}"
+        )
+    if png_dir:
+        out = Path(png_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = 0
+        for record in shown:
+            row = alert_summary(record)
+            image = cutouts_png(record, title=f"diaSourceId {row['diaSourceId']}")
+            if image is not None:
+                (out / f"{row['diaSourceId']}.png").write_bytes(image)
+                written += 1
+        click.echo(f"wrote {written} PNG file(s) to {out}")
+
+
+def _cell(value: Any, width: int, fmt: str = "") -> str:
+    if value is None:
+        return f"{'-':>{width}}"
+    try:
+        return f"{value:>{width}{fmt}}"
+    except (TypeError, ValueError):
+        return f"{value!s:>{width}}"
+
+
 def _register_engine_commands() -> None:
     # Imported here rather than at the top so that `apflow --help` does not import the engine
     # before the group exists; the engine's CLI module itself imports Dask lazily.
