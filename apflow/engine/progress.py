@@ -72,6 +72,9 @@ class Progress:
         if enabled:
             if _in_notebook():
                 self.mode = "notebook"
+                if stream is None:
+                    # stderr shows as error-tinted output in JupyterLab: banner and lines are not
+                    self.stream = sys.stdout
             elif getattr(self.stream, "isatty", lambda: False)():
                 self.mode = "terminal"
             else:
@@ -163,8 +166,9 @@ class Progress:
         self._bars.clear()
 
     def _line(self, stage: str) -> None:
-        # bars show this already; plain output (CI logs, pipes) gets one line per finished stage
-        if self.mode != "lines" or stage in self._reported:
+        # a terminal's bars show this already; plain output (CI logs, pipes) gets one line per
+        # finished stage, and so does a notebook, whose saved copy keeps only the bars' first state
+        if self.mode not in ("lines", "notebook") or stage in self._reported:
             return
         self._reported.add(stage)
         s = self.stages[stage]
