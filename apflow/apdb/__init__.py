@@ -1,4 +1,10 @@
-"""The Alert Production Database: Rubin's APDB schema (from ``lsst-sdm-schemas``) and storage."""
+"""The Alert Production Database: Rubin's APDB schema (from ``lsst-sdm-schemas``) and storage.
+
+:class:`Apdb` (in :mod:`.store`, imported on first use so that the schema helpers do not load
+SQLAlchemy) is the database; :mod:`.sql` builds its tables from ``apdb.yaml``.
+"""
+
+from typing import Any
 
 from .schema import (
     ColumnSpec,
@@ -12,6 +18,8 @@ from .schema import (
 )
 
 __all__ = [
+    "Apdb",
+    "ApdbError",
     "ColumnSpec",
     "column_names",
     "conform",
@@ -21,3 +29,11 @@ __all__ = [
     "table_columns",
     "table_names",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Apdb", "ApdbError"):
+        from . import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'apflow.apdb' has no attribute {name!r}")
