@@ -203,6 +203,33 @@ class Apdb:
         path = strip_protocol(text) if "://" in text else os.path.expanduser(text)
         return cls(os.path.join(os.path.abspath(path), *DEFAULT_SQLITE_NAME.split("/")))
 
+    @classmethod
+    def resolve(cls, url: str, repo_url: str | None, where: str = "") -> Apdb:
+        """The APDB a task should use: ``url`` when set, else the repository's default.
+
+        Parameters
+        ----------
+        url : str
+            A task's ``apdb_url`` config ("" for the default).
+        repo_url : str or None
+            The repository root the engine injects.
+        where : str
+            Prefix of the error message (stage and data id).
+
+        Raises
+        ------
+        ConfigError
+            Neither an URL nor a repository.
+        """
+        if url:
+            return cls(url)
+        if not repo_url:
+            raise ConfigError(
+                f"{where}: no APDB: set config apdb_url to an SQLAlchemy URL, or run inside a "
+                "repository (its default SQLite APDB is used)"
+            )
+        return cls.for_repository(repo_url)
+
     def close(self) -> None:
         """Close this process's connections to the APDB (reopened lazily on next use)."""
         dispose(self.url)

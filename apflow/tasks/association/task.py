@@ -204,7 +204,9 @@ class AssociationTask(Task):
         """
         visit, detector = _visit_detector(data_id, diff_image, calexp)
         where = format_data_id({"visit": visit, "detector": detector})
-        apdb = Apdb.create(self._apdb_url(repo_url, where))
+        apdb = Apdb.create(
+            Apdb.resolve(self.config.apdb_url, repo_url, f"association [{where}]").url
+        )
         midpoint, band = _midpoint_and_band(diff_image, calexp, dia_source, where)
         if calexp.wcs is None or diff_image.wcs is None:
             raise TaskError(f"association [{where}]: the calexp and diff_image need a WCS")
@@ -277,16 +279,6 @@ class AssociationTask(Task):
         )
 
     # --- steps ------------------------------------------------------------------------------
-
-    def _apdb_url(self, repo_url: str | None, where: str) -> str:
-        if self.config.apdb_url:
-            return self.config.apdb_url
-        if not repo_url:
-            raise ConfigError(
-                f"association [{where}]: no APDB: set config apdb_url to an SQLAlchemy URL, or "
-                "run inside a repository (its default SQLite APDB is used)"
-            )
-        return Apdb.for_repository(repo_url).url
 
     def _candidates(
         self, apdb: Apdb, calexp: Exposure, midpoint: float
