@@ -7,12 +7,15 @@ alike, the median over ``--repeats`` of
   Exposure -> file -> Exposure, the like-for-like comparison), and bare astropy
   (``HDUList.writeto`` of the three planes; ``fits.open`` + conversion to native-endian arrays);
 - Zarr: ``Repository.put`` / ``Repository.get`` on local disk (commit protocol, attributes,
-  WCS and all) for several lossless codecs;
+  WCS and all) for several lossless codecs, and for the default codec with the earlier
+  1024 x 1024 tiles and/or read through zarr's own codec pipeline instead of apflow's direct
+  chunk reader (where the read time goes);
 
 and prints write time, read time and size as ratios to the FITS baseline, plus absolute figures
 and a bit-for-bit lossless check. Page cache is warm for every variant.
 
-Run: ``.venv/bin/python benchmarks/io.py`` (``--repeats 7``, ``--size 2048``, ``--codecs default``).
+Run: ``.venv/bin/python benchmarks/io.py`` (``--repeats 7``, ``--size 2048``; ``--codecs default``
+skips the codec comparison).
 """
 
 from __future__ import annotations
@@ -162,22 +165,38 @@ def main() -> None:
     )
     parser.add_argument("--flat-field", action="store_true", help="worst-case noisy image/variance")
     args = parser.parse_args()
-    codecs = CODECS if args.codecs == "all" else {"default": exposure_zarr.PIXEL_COMPRESSOR}
-    default = exposure_zarr.PIXEL_COMPRESSOR
+    default_name = "default (LZ4-5 + shuffle; mask LZ4-5, no shuffle)"
     print(f"zarr {zarr.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     import zarr.core.codec_pipeline as pipelines
 
-    # name -> (codec, zarr.config overrides); the config variants use the default codec
-    zarr_variants = {name: (codec, {}) for name, codec in codecs.items()}
-    zarr_variants["default codec, async.concurrency=4"] = (default, {"async.concurrency": 4})
-    zarr_variants["default codec, codec_pipeline.batch_size=16"] = (
-        default,
-        {"codec_pipeline.batch_size": 16},
+    # name -> (zarr.config overrides, exposure_zarr attributes replaced for the variant). A codec
+    # variant uses its codec for every plane; the extra variants keep the defaults and show
+    # where the read time goes.
+    zarr_variants: dict[str, tuple[dict, dict]] = {default_name: ({}, {})}
+    if args.codecs == "all":
+        zarr_variants |= {
+            f"{name}, every plane": ({}, {"PIXEL_COMPRESSOR": codec, "MASK_COMPRESSOR": codec})
+            for name, codec in CODECS.items()
+        }
+    zarr_variants["default, read through zarr's pipeline"] = (
+        {},
+        {"_direct_layout": lambda array: False},
+    )
+    zarr_variants["default, 1024x1024 tiles (earlier layout)"] = (
+        {},
+        {"chunk_shape": lambda shape: (*(1 for _ in shape[:-2]), 1024, 1024)},
+    )
+    zarr_variants["default, tiles, read through zarr's pipeline"] = (
+        {},
+        {
+            "chunk_shape": lambda shape: (*(1 for _ in shape[:-2]), 1024, 1024),
+            "_direct_layout": lambda array: False,
+        },
     )
     if hasattr(pipelines, "FusedCodecPipeline"):
-        zarr_variants["default codec, FusedCodecPipeline"] = (
-            default,
+        zarr_variants["default, zarr pipeline read, FusedCodecPipeline"] = (
             {"codec_pipeline.path": "zarr.core.codec_pipeline.FusedCodecPipeline"},
+            {"_direct_layout": lambda array: False},
         )
     else:
         print("FusedCodecPipeline: not in this zarr version (added in zarr 3.3)")
@@ -202,19 +221,26 @@ def main() -> None:
             runs["fits"].append((w, w_cpu, r, r_cpu, tree_size(fits_path), ok))
             bare = bare_astropy(exposure, work / "bare.fits")
             runs["astropy bare"].append((*bare, tree_size(work / "bare.fits"), True))
-            for name, (codec, config) in zarr_variants.items():
-                exposure_zarr.PIXEL_COMPRESSOR = codec
-                with zarr.config.set(config):
-                    w, w_cpu, _ = timed(
-                        lambda v=rep: repo.put(exposure, "post_isr", visit=v, detector=0)
-                    )
-                    os.sync()
-                    r, r_cpu, back = timed(lambda v=rep: repo.get("post_isr", visit=v, detector=0))
+            for name, (config, patches) in zarr_variants.items():
+                saved = {attr: getattr(exposure_zarr, attr) for attr in patches}
+                try:
+                    for attr, value in patches.items():
+                        setattr(exposure_zarr, attr, value)
+                    with zarr.config.set(config):
+                        w, w_cpu, _ = timed(
+                            lambda v=rep: repo.put(exposure, "post_isr", visit=v, detector=0)
+                        )
+                        os.sync()
+                        r, r_cpu, back = timed(
+                            lambda v=rep: repo.get("post_isr", visit=v, detector=0)
+                        )
+                finally:
+                    for attr, value in saved.items():
+                        setattr(exposure_zarr, attr, value)
                 size = tree_size(Path(repo.uri("post_isr", visit=rep, detector=0)))
                 runs[name].append((w, w_cpu, r, r_cpu, size, identical(exposure, back)))
                 repo.remove("post_isr", visit=rep, detector=0)
     finally:
-        exposure_zarr.PIXEL_COMPRESSOR = default
         shutil.rmtree(work, ignore_errors=True)
 
     def median(measured: list[tuple], index: int) -> float:

@@ -37,6 +37,17 @@ def test_round_trips(remote_repo, make_exposure, exposures_identical, sky_offset
     assert repo.uri("calexp", visit=7, detector=4).startswith(repo.url.split("://")[0] + "://")
 
 
+def test_many_chunk_exposure_round_trips_through_the_async_store_path(
+    remote_repo, make_exposure, exposures_identical, monkeypatch
+):
+    # Chunks of ~16 x 16 px: 41 strips per plane (the last partial), read through the store's
+    # async API rather than local files.
+    monkeypatch.setattr(exposure_zarr, "CHUNK_SIDE", 16)
+    exposure = make_exposure(width=96, height=81)
+    remote_repo.put(exposure, "calexp", visit=7, detector=4)
+    exposures_identical(exposure, remote_repo.get("calexp", visit=7, detector=4))
+
+
 def test_listing_overwrite_and_remove(remote_repo, make_exposure):
     repo = remote_repo
     for visit in (2, 1):

@@ -4,11 +4,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from zarr.codecs import BytesCodec, ZstdCodec
 
 from apflow.core import Exposure, MaskPlanes
 from apflow.errors import CorruptDatasetError
-from apflow.io import ArrayBundle
+from apflow.io import ArrayBundle, exposure_zarr
 from apflow.io.exposure_zarr import (
+    MASK_COMPRESSOR,
     PIXEL_COMPRESSOR,
     StrictStore,
     cards_to_wcs,
@@ -57,7 +59,8 @@ def test_layout_chunks_codec_and_every_chunk_written(tmp_path):
     group = zarr.open_group(str(tmp_path / "e.zarr"), mode="r")
     assert sorted(group.array_keys()) == ["image", "mask", "variance"]
     image = group["image"]
-    assert image.chunks == (700, 750)  # 2100 rows in 3 equal chunks, not 1024 + 1024 + 52
+    # Full-width strips of about 1024 x 1024 pixels, rows split evenly: 4 x 525, not 3 x 699 + 3
+    assert image.chunks == (525, 1500)
     assert image.dtype == np.float32 and group["mask"].dtype == np.int32
     codec = image.compressors[0]
     assert (codec.cname, codec.clevel, codec.shuffle) == (
@@ -66,13 +69,24 @@ def test_layout_chunks_codec_and_every_chunk_written(tmp_path):
         PIXEL_COMPRESSOR.shuffle,
     )
     assert codec.typesize == 4  # shuffle works on float32 bytes
+    mask_codec = group["mask"].compressors[0]
+    assert (mask_codec.cname, mask_codec.shuffle) == (
+        MASK_COMPRESSOR.cname,
+        MASK_COMPRESSOR.shuffle,
+    )
     chunk_files = list((tmp_path / "e.zarr" / "image" / "c").rglob("*"))
-    assert sum(f.is_file() for f in chunk_files) == 3 * 2  # zero chunks are written too
+    assert sum(f.is_file() for f in chunk_files) == 4  # zero chunks are written too
 
 
 @pytest.mark.parametrize(
     "shape, chunks",
-    [((4096, 4004), (1024, 1001)), ((1024, 1024), (1024, 1024)), ((3, 10, 20), (1, 10, 20))],
+    [
+        ((4096, 4004), (256, 4004)),
+        ((4004, 4072), (251, 4072)),
+        ((1024, 1024), (1024, 1024)),
+        ((3, 10, 20), (1, 10, 20)),
+        ((3, 2_000_000), (3, 1024)),  # rows wider than a chunk: tiles
+    ],
 )
 def test_chunk_shape_splits_evenly(shape, chunks):
     assert chunk_shape(shape) == chunks
@@ -124,3 +138,91 @@ def test_plain_dict_of_arrays_is_accepted(repo):
     repo.put({"a": np.ones((2, 2))}, "truth_sky_frame", detector=0)
     back = repo.get("truth_sky_frame", detector=0)
     assert dict(back)["a"].tolist() == [[1, 1], [1, 1]] and back.attrs == {}
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of about 16 x 16 pixels, so that small test images have many (and edge) chunks."""
+    monkeypatch.setattr(exposure_zarr, "CHUNK_SIDE", 16)
+
+
+def test_many_strip_chunks_read_back_bit_exact(tmp_path, make_exposure, small_chunks):
+    exposure = make_exposure(width=96, height=81)  # 2-row strips, the last one partial
+    write_exposure(str(tmp_path / "e.zarr"), exposure, None)
+    group = zarr.open_group(str(tmp_path / "e.zarr"), mode="r")
+    assert group["image"].chunks == (2, 96) and group["image"].nchunks == 41
+    assert exposure_zarr._direct_layout(group["image"])
+    back = read_exposure(str(tmp_path / "e.zarr"))
+    for plane in ("image", "mask", "variance"):
+        assert getattr(back, plane).tobytes() == getattr(exposure, plane).tobytes(), plane
+        assert getattr(back, plane).flags.c_contiguous and getattr(back, plane).flags.writeable
+
+
+def test_tiled_layout_of_earlier_versions_reads_bit_exact(tmp_path, make_exposure, monkeypatch):
+    # Tiles are not contiguous in the output: decoded into a scratch buffer, then copied.
+    monkeypatch.setattr(exposure_zarr, "chunk_shape", lambda shape: (17, 23))
+    exposure = make_exposure(width=96, height=80)
+    write_exposure(str(tmp_path / "e.zarr"), exposure, None)
+    monkeypatch.undo()
+    assert zarr.open_group(str(tmp_path / "e.zarr"), mode="r")["mask"].chunks == (17, 23)
+    back = read_exposure(str(tmp_path / "e.zarr"))
+    for plane in ("image", "mask", "variance"):
+        assert getattr(back, plane).tobytes() == getattr(exposure, plane).tobytes(), plane
+
+
+def test_n_dimensional_and_boolean_bundles_with_many_chunks(repo, small_chunks):
+    rng = np.random.default_rng(3)
+    arrays = {
+        "cube": rng.normal(size=(3, 50, 40)).astype(np.float64),
+        "flags": rng.random((37, 29)) > 0.5,
+        "line": np.arange(1000, dtype=np.int16),
+        "empty": np.zeros((0, 5), dtype=np.float32),
+    }
+    repo.put(arrays, "calexp_background", visit=1, detector=2)
+    back = repo.get("calexp_background", visit=1, detector=2)
+    for name, value in arrays.items():
+        assert back[name].dtype == value.dtype and back[name].shape == value.shape, name
+        assert back[name].tobytes() == value.tobytes(), name
+
+
+def test_other_codecs_and_byte_orders_are_read_through_zarr(tmp_path):
+    group = zarr.create_group(str(tmp_path / "g.zarr"), zarr_format=3)
+    data = np.arange(120, dtype=np.float32).reshape(10, 12)
+    big = group.create_array(
+        "big",
+        shape=data.shape,
+        chunks=(3, 12),
+        dtype=data.dtype,
+        serializer=BytesCodec(endian="big"),
+    )
+    big[...] = data
+    other = group.create_array(
+        "zstd", shape=data.shape, chunks=(3, 12), dtype=data.dtype, compressors=[ZstdCodec()]
+    )
+    other[...] = data
+    assert not exposure_zarr._direct_layout(big) and not exposure_zarr._direct_layout(other)
+    back = exposure_zarr._read_planes(zarr.open_group(str(tmp_path / "g.zarr")), ["big", "zstd"])
+    assert np.array_equal(back["big"], data) and np.array_equal(back["zstd"], data)
+
+
+def test_truncated_chunk_is_a_corrupt_dataset(repo, make_exposure, small_chunks):
+    repo.put(make_exposure(), "calexp", visit=7, detector=4)
+    payload = Path(repo.uri("calexp", visit=7, detector=4))
+    chunk = sorted(p for p in (payload / "variance" / "c").rglob("*") if p.is_file())[3]
+    chunk.write_bytes(chunk.read_bytes()[:-5])
+    with pytest.raises(CorruptDatasetError, match=r"calexp \[detector=4, visit=7\]"):
+        repo.get("calexp", visit=7, detector=4)
+
+
+def test_missing_chunk_reads_as_fill_value_only_without_the_strict_store(
+    tmp_path, make_exposure, small_chunks
+):
+    exposure = make_exposure(width=96, height=81)
+    write_exposure(str(tmp_path / "e.zarr"), exposure, None)
+    (tmp_path / "e.zarr" / "image" / "c" / "3" / "0").unlink()  # rows 6-7
+    back = read_exposure(str(tmp_path / "e.zarr"))  # a plain store: zarr's meaning, fill value
+    assert (back.image[6:8] == 0).all()
+    assert back.image[8:].tobytes() == exposure.image[8:].tobytes()
+    strict = StrictStore(zarr.storage.LocalStore(str(tmp_path / "e.zarr"), read_only=True))
+    with pytest.raises(exposure_zarr.MissingChunkError, match="image/c/3/0"):
+        read_exposure(strict)
