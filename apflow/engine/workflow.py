@@ -23,6 +23,9 @@ A workflow file looks like::
         dimensions: [visit, detector]
         ordered_by: visit      # every quantum of visit v finishes before any of the next visit
 
+``include: [calibrate, alert_production]`` starts a workflow with the stages and dataset types of
+other workflows (by name or path); ``nightly`` is built that way.
+
 An input whose dimensions are a subset of the stage's is passed as one object (one-to-one, or a
 broadcast such as a per-visit level to every CCD of the visit). An input with dimensions the stage
 does not have is a gather and arrives as a list ordered by data id: every available data id that
@@ -319,10 +322,11 @@ def _parse(document: Any, path: Path) -> Workflow:
     where = f"workflow file {path}"
     if not isinstance(document, dict):
         raise WorkflowError(f"{where}: expected a mapping with 'stages:'")
-    unknown = set(document) - {"name", "description", "dataset_types", "stages"}
+    unknown = set(document) - {"name", "description", "dataset_types", "stages", "include"}
     if unknown:
         raise WorkflowError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}")
     name = str(document.get("name") or path.stem)
+    document = _with_includes(document, path, (path.resolve(),))
     declared = {}
     for dt_name, spec in (document.get("dataset_types") or {}).items():
         if not isinstance(spec, dict) or "dimensions" not in spec or "storage" not in spec:
@@ -346,6 +350,54 @@ def _parse(document: Any, path: Path) -> Workflow:
         description=str(document.get("description") or "").strip(),
         source=str(path),
     )
+
+
+def _with_includes(document: dict[str, Any], path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The document with the stages and dataset types of its ``include:`` workflows first.
+
+    ``nightly`` is ``include: [calibrate, alert_production]``: one definition of each stage. A
+    stage or dataset type defined twice (in two included files, or again in the file itself)
+    is an error rather than a silent override.
+    """
+    includes = document.get("include") or []
+    where = f"workflow file {path}"
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise WorkflowError(f"{where}: 'include:' must be a list of workflow names or paths")
+    if not includes:
+        return document
+    stages: dict[str, Any] = {}
+    dataset_types: dict[str, Any] = {}
+
+    def merge(target: dict[str, Any], items: Any, kind: str, origin: Path) -> None:
+        for key, value in (items or {}).items():
+            if key in target:
+                raise WorkflowError(f"{where}: {kind} {key!r} is defined twice (again in {origin})")
+            target[key] = value
+
+    for name in includes:
+        if "/" in name or name.endswith((".yaml", ".yml")):
+            # a path is relative to the including file, so a copied set of workflows still works
+            included_path = _find(str(path.parent / name))
+        else:
+            included_path = _find(name)
+        resolved = included_path.resolve()
+        if resolved in chain:
+            cycle = " -> ".join(str(p) for p in (*chain, resolved))
+            raise WorkflowError(f"{where}: workflows include each other: {cycle}")
+        try:
+            included = yaml.safe_load(included_path.read_text())
+        except yaml.YAMLError as exc:
+            raise WorkflowError(f"workflow file {included_path}: invalid YAML: {exc}") from None
+        if not isinstance(included, dict):
+            raise WorkflowError(f"workflow file {included_path}: expected a mapping")
+        included = _with_includes(included, included_path, (*chain, resolved))
+        merge(stages, included.get("stages"), "stage", included_path)
+        merge(dataset_types, included.get("dataset_types"), "dataset type", included_path)
+    merge(stages, document.get("stages"), "stage", path)
+    merge(dataset_types, document.get("dataset_types"), "dataset type", path)
+    return {**document, "stages": stages, "dataset_types": dataset_types}
 
 
 def _parse_stage(name: str, spec: Any, where: str) -> Stage:

@@ -246,3 +246,41 @@ def test_the_package_carries_the_workflows_for_a_wheel_install():
     assert sorted(p.name for p in packaged.glob("*.yaml")) == sorted(
         p.name for p in top_level.glob("*.yaml")
     )
+
+
+def test_include_merges_stages_and_rejects_redefinitions(tmp_path):
+    nightly = load_workflow("nightly")
+    assert [s.name for s in nightly.stages][:2] == ["calibrate", "diffim"]
+    assert nightly.stage("associate").ordered_by == "visit"
+    assert "dia_association" in nightly.dataset_types
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        textwrap.dedent(
+            stages_yaml(f"""
+        a:
+          task: {STATS}
+          dimensions: [visit, detector]
+          inputs: {{exposure: post_isr}}
+          outputs: {{stats: image_stats}}
+        """)
+        )
+    )
+    again = tmp_path / "again.yaml"
+    again.write_text(
+        textwrap.dedent(f"""
+        name: again
+        include: [base.yaml]
+        stages:
+          a:
+            task: {STATS}
+            dimensions: [visit, detector]
+            inputs: {{exposure: post_isr}}
+            outputs: {{stats: image_stats}}
+        """)
+    )
+    with pytest.raises(WorkflowError, match="stage 'a' is defined twice"):
+        load_workflow(again)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("name: loop\ninclude: [loop.yaml]\nstages: {}\n")
+    with pytest.raises(WorkflowError, match="include each other"):
+        load_workflow(loop)
