@@ -95,6 +95,10 @@ class WorkflowError(ApflowError):
     """A workflow definition is invalid (unknown task, dataset type, cycle, bad dimensions)."""
 
 
+class ApdbError(ApflowError):
+    """The APDB cannot be opened, has another schema version, or a write is inconsistent."""
+
+
 class TaskError(ApflowError):
     """An algorithm could not produce a valid result for its input."""
 

@@ -62,7 +62,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from .. import __version__
-from ..errors import ApflowError, ConfigError
+from ..errors import ApdbError, ConfigError
 from .engines import CHECKED, dispose, engine_for, is_transient, normalise_url
 from .rows import chunks, conformed, frame_from_rows, int_ids, records, sort_by_key
 from .schema import empty_frame, primary_key, schema_version
@@ -80,10 +80,6 @@ APFLOW_VERSION_KEY = "version:apflow"
 MAX_ATTEMPTS = 30
 
 T = TypeVar("T")
-
-
-class ApdbError(ApflowError):
-    """The APDB cannot be opened, has another schema version, or a write is inconsistent."""
 
 
 def _angular_distance_deg(ra1: Any, dec1: Any, ra2: float, dec2: float) -> np.ndarray:
