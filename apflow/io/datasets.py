@@ -177,12 +177,13 @@ BUILTIN_DATASET_TYPES: dict[str, DatasetType] = dict(
         # pixels
         _builtin("post_isr", VD, "exposure"),
         _builtin("post_isr_snap", (*VD, "snap"), "exposure"),
+        _builtin("post_isr_skycorr", VD, "exposure"),  # post_isr minus the scaled sky frame
         _builtin("calexp", VD, "exposure"),
         _builtin("calexp_background", VD, "arrays"),
         _builtin("sky_frame", ("detector",), "exposure"),
         _builtin("sky_camera", (), "exposure"),
         _builtin("deep_coadd", ("tract", "patch", "band"), "exposure"),
-        _builtin("template", VD, "exposure"),
+        _builtin("template", ("tract", "patch", "band"), "exposure"),
         _builtin("diff_image", VD, "exposure"),
         # catalogs
         _builtin("ref_cat", (), "dataframe"),

@@ -53,7 +53,7 @@ def draw_magnitudes(
     return np.log10(a + u * (b - a)) / slope
 
 
-def _uniform_in_cap(
+def uniform_in_cap(
     rng: np.random.Generator, n: int, ra0: float, dec0: float, radius_deg: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Points uniform in area within ``radius_deg`` of (ra0, dec0)."""
@@ -103,7 +103,7 @@ def make_catalog(camera: Camera, config: SimConfig, seed: int) -> pd.DataFrame:
     gal_q = rng.uniform(0.3, 1.0, n_gal)
     gal_pa = rng.uniform(0.0, 180.0, n_gal)
 
-    ra, dec = _uniform_in_cap(rng, n_star + n_gal, config.field_ra, config.field_dec, radius)
+    ra, dec = uniform_in_cap(rng, n_star + n_gal, config.field_ra, config.field_dec, radius)
     r_mag = np.concatenate([star_r, gal_r])
     gr = np.concatenate([star_gr, gal_gr])
     ri = np.concatenate([star_ri, gal_ri])

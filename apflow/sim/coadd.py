@@ -184,8 +184,11 @@ def render_coadd(
     config: SimConfig,
     seed: int,
     noise: bool = True,
+    stream: int = TAG_COADD,
 ) -> Exposure:
     """Render one deep-coadd patch in nJy.
+
+    ``stream`` tags the noise's random stream (templates use their own).
 
     Returns
     -------
@@ -216,7 +219,7 @@ def render_coadd(
     variance = sigma**2 + np.maximum(model, 0.0) * _SOURCE_VARIANCE_NJY
     if noise:
         band_index = "ugrizy".index(band)
-        rng = np.random.default_rng([seed, TAG_COADD, patch, band_index])
+        rng = np.random.default_rng([seed, stream, patch, band_index])
         image = model + np.sqrt(variance) * rng.standard_normal(shape)
     else:
         image = model

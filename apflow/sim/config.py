@@ -27,6 +27,11 @@ TAG_DEFECTS = 4
 TAG_NOISE = 5
 TAG_COADD = 6
 TAG_REFCAT = 7
+TAG_VARIABLES = 8
+TAG_TRANSIENTS = 9
+TAG_MOVERS = 10
+TAG_TEMPLATE = 11
+TAG_NOISE_DYNAMIC = 12
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,56 @@ class SimConfig:
         5-sigma depth (AB mag) that sets the photon-noise part of the reference flux errors.
     ref_position_error_mas : float
         Rms scatter of reference positions (0 gives exact positions).
+
+    Variable stars and transients (not in ``ref_cat``; see :mod:`apflow.sim.transients`)
+    ------------------------------------------------------------------------------------
+    variable_density, transient_density : float
+        Objects per square degree (0 turns them off). The defaults give about 5 variables and 3
+        transients per mini-camera CCD.
+    variable_mag_range : tuple of float
+        Mean r-band AB magnitude of the variables. Bright point sources missing from ``ref_cat``
+        (r < ~21) move calibrate's zero point by a few mmag, so the defaults stay fainter.
+    variable_amplitude_range : tuple of float
+        Peak-to-peak amplitude in magnitudes.
+    variable_period_range_days : tuple of float
+        Periods are log-uniform in this range (RR-Lyrae-like ones use 0.3-0.9 days).
+    transient_peak_mag_range : tuple of float
+        Peak r-band AB magnitude of the supernova-like transients.
+    transient_max_age_days : float
+        Transients already on at ``mjd_start`` exploded up to this many days before.
+    transient_new_fraction : float
+        Fraction of transients that explode after ``mjd_start``, uniformly within
+        ``transient_new_window_visits`` visit cadences (the span of a default run).
+    transient_new_window_visits : float
+    transient_host_fraction : float
+        Fraction of transients placed in a catalog galaxy (offset within its half-light radius).
+
+    Moving objects (see :mod:`apflow.sim.movers`)
+    ---------------------------------------------
+    known_mover_density, unknown_mover_density : float
+        Movers per square degree placed in the field at the start of each ``mover_epoch_days``
+        slice of time; known ones have an ephemeris (``ss_ephemeris``), unknown ones are only
+        rendered. The defaults give about 3 known movers per mini CCD.
+    mover_vmag_range : tuple of float
+        V magnitude at the slice start (r = V - 0.2; single-visit S/N about 15-60 for the
+        defaults, and fainter than r ~21 for the same reason as the variables).
+    mover_epoch_days : float
+        Length of the time slices (a night); each slice has its own movers.
+    mover_position_error_arcsec : tuple of float
+        Per-object 1-sigma (per coordinate) ephemeris prediction error, uniform in this range.
+    mover_trail : bool
+        Draw movers trailed along their motion during the exposure.
+
+    Templates (see :mod:`apflow.sim.template`)
+    ------------------------------------------
+    templates : bool
+        Write ``template`` patches (the visits' band) with the static sky at the template epoch.
+    template_fwhm_arcsec : float
+        FWHM of the templates' constant Moffat PSF (better than any visit's seeing).
+    template_depth : float
+        5-sigma point-source depth of the templates (AB mag).
+    template_epoch_days : float
+        Template epoch relative to ``mjd_start`` (days; before the run, so no transient is on).
     """
 
     field_ra: float = 150.0
@@ -182,6 +237,29 @@ class SimConfig:
     ref_depth: float = 24.0
     ref_position_error_mas: float = 0.0
 
+    variable_density: float = 1500.0
+    variable_mag_range: tuple[float, float] = (21.0, 23.5)
+    variable_amplitude_range: tuple[float, float] = (0.1, 1.0)
+    variable_period_range_days: tuple[float, float] = (0.08, 10.0)
+    transient_density: float = 900.0
+    transient_peak_mag_range: tuple[float, float] = (19.5, 23.5)
+    transient_max_age_days: float = 40.0
+    transient_new_fraction: float = 0.25
+    transient_new_window_visits: float = 10.0
+    transient_host_fraction: float = 0.5
+
+    known_mover_density: float = 900.0
+    unknown_mover_density: float = 200.0
+    mover_vmag_range: tuple[float, float] = (21.5, 23.0)
+    mover_epoch_days: float = 1.0
+    mover_position_error_arcsec: tuple[float, float] = (0.1, 0.3)
+    mover_trail: bool = True
+
+    templates: bool = True
+    template_fwhm_arcsec: float = 0.5
+    template_depth: float = 26.5
+    template_epoch_days: float = -365.0
+
     def updated(self, **overrides: Any) -> SimConfig:
         """Copy with fields replaced.
 
@@ -202,12 +280,37 @@ class SimConfig:
 
     def validate(self) -> None:
         """Raise :class:`~apflow.errors.ConfigError` on an inconsistent value."""
-        for name in ("star_mag_range", "galaxy_mag_range", "seeing_range_arcsec", "sky_range"):
+        for name in (
+            "star_mag_range",
+            "galaxy_mag_range",
+            "seeing_range_arcsec",
+            "sky_range",
+            "variable_mag_range",
+            "variable_amplitude_range",
+            "variable_period_range_days",
+            "transient_peak_mag_range",
+            "mover_vmag_range",
+            "mover_position_error_arcsec",
+        ):
             lo, hi = getattr(self, name)
             if not lo <= hi:
                 raise ConfigError(f"SimConfig.{name}: need min <= max, got ({lo}, {hi})")
-        if self.star_density < 0 or self.galaxy_density < 0:
-            raise ConfigError("SimConfig: source densities must be >= 0")
+        densities = (
+            "star_density",
+            "galaxy_density",
+            "variable_density",
+            "transient_density",
+            "known_mover_density",
+            "unknown_mover_density",
+        )
+        for name in densities:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"SimConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.variable_period_range_days[0] <= 0 or self.mover_epoch_days <= 0:
+            raise ConfigError("SimConfig: variable periods and mover_epoch_days must be > 0")
+        for name in ("transient_new_fraction", "transient_host_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"SimConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.psf_beta <= 1.0:
             raise ConfigError(f"SimConfig.psf_beta must be > 1, got {self.psf_beta}")
         for band in self.coadd_bands:

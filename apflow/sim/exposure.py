@@ -18,8 +18,11 @@ import pandas as pd
 from ..core import Camera, Detector, Exposure, MaskPlanes, VariablePsf, ab_mag_to_njy, get_camera
 from .background import background_image, sky_pattern
 from .catalog import make_catalog, make_reference_catalog
-from .config import TAG_DEFECTS, TAG_NOISE, SimConfig
+from .config import TAG_DEFECTS, TAG_NOISE, TAG_NOISE_DYNAMIC, SimConfig
+from .dynamic import dynamic_sky_at, empty_dynamic_frame
+from .movers import MoverPopulation
 from .render import galaxy_shape_matrices, local_psf_parameters, render_galaxies, render_stars
+from .transients import make_transient_catalog
 from .visits import VisitParameters, detector_psf, make_visits
 from .wcs import (
     cd_matrix,
@@ -27,6 +30,7 @@ from .wcs import (
     pixel_to_sky,
     sky_to_pixel,
     true_wcs_header,
+    unit_vectors,
     wcs_from_header,
 )
 
@@ -38,16 +42,24 @@ _BRIGHT_COUNTS = 1.0e6
 
 @dataclass(eq=False)
 class SkyModel:
-    """The static sky of a simulation: camera, source catalog, configuration and seed.
+    """The sky of a simulation: camera, source catalog, configuration and seed.
 
-    Build one with :meth:`generate`; it is cheap (the catalog only) and deterministic.
+    Build one with :meth:`generate`; it is cheap (catalogs only) and deterministic. Besides the
+    static ``catalog`` it holds ``transients`` (variable stars and supernova-like transients,
+    :mod:`apflow.sim.transients`) and ``movers`` (:mod:`apflow.sim.movers`), which
+    :func:`render_exposure` draws at each exposure's time; ``None`` means none.
     """
 
     camera: Camera
     catalog: pd.DataFrame
     config: SimConfig
     seed: int
+    transients: pd.DataFrame | None = None
+    movers: MoverPopulation | None = None
     _unit_vectors: np.ndarray | None = field(default=None, init=False, repr=False)
+    _dynamic: dict[tuple[float, str, float], pd.DataFrame] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @classmethod
     def generate(
@@ -71,7 +83,15 @@ class SkyModel:
         cam = get_camera(camera) if isinstance(camera, str) else camera
         cfg = (config or SimConfig()).updated(**options) if options else (config or SimConfig())
         cfg.validate()
-        return cls(camera=cam, catalog=make_catalog(cam, cfg, seed), config=cfg, seed=int(seed))
+        catalog = make_catalog(cam, cfg, seed)
+        return cls(
+            camera=cam,
+            catalog=catalog,
+            config=cfg,
+            seed=int(seed),
+            transients=make_transient_catalog(cam, cfg, seed, catalog),
+            movers=MoverPopulation.for_camera(cam, cfg, seed),
+        )
 
     def sources_near(self, ra: float, dec: float, radius_deg: float) -> np.ndarray:
         """Indices of catalog sources within ``radius_deg`` of (ra, dec).
@@ -80,11 +100,23 @@ class SkyModel:
         render projects only the sources near its detector.
         """
         if self._unit_vectors is None or len(self._unit_vectors) != len(self.catalog):
-            self._unit_vectors = _unit_vectors(
+            self._unit_vectors = unit_vectors(
                 self.catalog["ra"].to_numpy(), self.catalog["dec"].to_numpy()
             )
-        centre = _unit_vectors(np.array([ra]), np.array([dec]))[0]
+        centre = unit_vectors(np.array([ra]), np.array([dec]))[0]
         return np.flatnonzero(self._unit_vectors @ centre > math.cos(math.radians(radius_deg)))
+
+    def dynamic_at(self, mjd: float, band: str, exposure_time: float = 0.0) -> pd.DataFrame:
+        """Variables, transients and movers at a time (:func:`~apflow.sim.dynamic.dynamic_sky_at`).
+
+        The last few results are cached: every detector of a visit asks for the same time.
+        """
+        key = (float(mjd), band, float(exposure_time))
+        if key not in self._dynamic:
+            if len(self._dynamic) >= 64:
+                self._dynamic.pop(next(iter(self._dynamic)))
+            self._dynamic[key] = dynamic_sky_at(self, mjd, band, exposure_time)
+        return self._dynamic[key]
 
     def visits(self, n_visits: int, band: str = "r", first_visit: int = 1) -> list[VisitParameters]:
         """The simulation's visits (deterministic from the seed and the visit id)."""
@@ -130,6 +162,10 @@ class SimulatedExposure:
         ``on_detector``.
     truth : dict
         Per-(visit, detector) truth (a row of ``truth_exposures``).
+    dia_sources : pandas.DataFrame
+        Variables, transients and movers rendered (see
+        :func:`~apflow.sim.dynamic.dynamic_sky_at`), with ``x``, ``y`` (true pixel position at the
+        exposure midpoint), ``counts`` (in this exposure) and ``on_detector``.
     """
 
     exposure: Exposure
@@ -138,11 +174,7 @@ class SimulatedExposure:
     true_wcs: dict[str, Any]
     sources: pd.DataFrame
     truth: dict[str, Any] = field(default_factory=dict)
-
-
-def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
-    ra, dec = np.radians(ra), np.radians(dec)
-    return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+    dia_sources: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def counts_per_njy(zero_point: float) -> float:
@@ -161,6 +193,7 @@ def render_exposure(
     saturate: bool = True,
     defects: bool = True,
     catalog: pd.DataFrame | None = None,
+    dynamic: bool | None = None,
 ) -> SimulatedExposure:
     """Render one detector of one visit (or one snap of it).
 
@@ -180,6 +213,9 @@ def render_exposure(
         Apply bad columns (image 0, BAD).
     catalog : pandas.DataFrame, optional
         Sources to draw instead of ``sky.catalog`` (same columns), e.g. a test grid of stars.
+    dynamic : bool, optional
+        Draw the sky's variables, transients and movers at the exposure's midpoint (movers
+        trailed when ``config.mover_trail``); default: unless ``catalog`` is given.
 
     Returns
     -------
@@ -225,17 +261,33 @@ def render_exposure(
             cd_arcsec,
         )
         render_galaxies(source_image, x[gals], y[gals], counts[gals], shapes, psf)
+    visit_info = visit.visit_info(snap=snap, n_snaps=n_snaps)
+    if dynamic is None:
+        dynamic = catalog is None
+    dynamic_image = np.zeros(det.shape) if dynamic else None
+    dia_sources = _render_dynamic(sky, visit, det, visit_info, fraction, psf, dynamic_image)
 
     pattern, _ = sky.sky_pattern(det)
     background = background_image(visit, det, pattern, fraction)
     model = background + source_image
-    # pixel planes are float32 from here on: that is what is stored, and it halves the passes
-    model32 = model.astype(np.float32)
-    variance = model32 / np.float32(cfg.gain) + np.float32((cfg.read_noise / cfg.gain) ** 2)
-
     if noise:
         rng = np.random.default_rng([sky.seed, TAG_NOISE, visit.visit, det.id, snap_index])
         image = rng.poisson(model * cfg.gain).astype(np.float32)
+    if dynamic_image is not None:
+        lit = np.flatnonzero(dynamic_image)
+        model.flat[lit] += dynamic_image.flat[lit]
+        if noise and len(lit):
+            # The sum of independent Poisson draws is Poisson: drawing the light of variables,
+            # transients and movers from its own stream leaves the static sky's noise
+            # realisation unchanged by them.
+            extra = np.random.default_rng(
+                [sky.seed, TAG_NOISE_DYNAMIC, visit.visit, det.id, snap_index]
+            ).poisson(dynamic_image.flat[lit] * cfg.gain)
+            image.flat[lit] += extra.astype(np.float32)
+    # pixel planes are float32 from here on: that is what is stored, and it halves the passes
+    model32 = model.astype(np.float32)
+    variance = model32 / np.float32(cfg.gain) + np.float32((cfg.read_noise / cfg.gain) ** 2)
+    if noise:
         image += rng.standard_normal(det.shape, dtype=np.float32) * np.float32(cfg.read_noise)
         image /= np.float32(cfg.gain)
     else:
@@ -271,7 +323,7 @@ def render_exposure(
         variance=variance,
         wcs=wcs_from_header(initial),
         psf=psf,
-        visit_info=visit.visit_info(snap=snap, n_snaps=n_snaps),
+        visit_info=visit_info,
         detector=det.id,
         metadata={"simulated": True, "seed": sky.seed, "snap": snap, "n_snaps": n_snaps},
     )
@@ -296,7 +348,51 @@ def render_exposure(
         true_wcs=true_wcs,
         sources=sources,
         truth=truth,
+        dia_sources=dia_sources,
     )
+
+
+def _render_dynamic(
+    sky: SkyModel,
+    visit: VisitParameters,
+    det: Detector,
+    visit_info: Any,
+    fraction: float,
+    psf: VariablePsf,
+    image: np.ndarray | None,
+) -> pd.DataFrame:
+    """Add variables, transients and movers to ``image`` (in place, unless None); list them."""
+    camera = sky.camera
+    if image is not None:
+        objs = sky.dynamic_at(visit_info.mjd, visit.band, visit_info.exposure_time)
+    else:
+        objs = empty_dynamic_frame()
+    pointing = (visit.boresight_ra, visit.boresight_dec, visit.rotation_angle)
+    x, y = sky_to_pixel(camera, det, objs["ra"].to_numpy(), objs["dec"].to_numpy(), *pointing)
+    near = (x > -_MARGIN_PX) & (x < det.width + _MARGIN_PX)
+    near &= (y > -_MARGIN_PX) & (y < det.height + _MARGIN_PX)
+    sel = np.flatnonzero(near)
+    x, y = x[sel], y[sel]
+    ends = {c: objs[c].to_numpy()[sel] for c in ("ra_start", "dec_start", "ra_end", "dec_end")}
+    counts = objs["flux"].to_numpy()[sel] * counts_per_njy(visit.zero_point) * fraction
+    if sky.config.mover_trail and len(sel):
+        x0, y0 = sky_to_pixel(camera, det, ends["ra_start"], ends["dec_start"], *pointing)
+        x1, y1 = sky_to_pixel(camera, det, ends["ra_end"], ends["dec_end"], *pointing)
+        # a trail is drawn as points about 0.5 px apart on the line between its ends
+        steps = np.maximum(1, np.ceil(np.hypot(x1 - x0, y1 - y0) / 0.5)).astype(int)
+        owner = np.repeat(np.arange(len(sel)), steps)
+        index = np.arange(len(owner)) - np.repeat(np.cumsum(steps) - steps, steps)
+        t = (index + 0.5) / steps[owner]
+        trailed = steps[owner] > 1
+        px = np.where(trailed, x0[owner] + t * (x1 - x0)[owner], x[owner])
+        py = np.where(trailed, y0[owner] + t * (y1 - y0)[owner], y[owner])
+        render_stars(image, px, py, counts[owner] / steps[owner], psf)
+    else:
+        render_stars(image, x, y, counts, psf)
+    columns = ("id", "kind", "ra", "dec", "flux", "ssObjectId", "designation")
+    drawn = {c: objs[c].to_numpy()[sel] for c in columns}
+    drawn.update(x=x, y=y, counts=counts, on_detector=det.contains_pixel(x, y))
+    return pd.DataFrame(drawn)
 
 
 def _bleed(image: np.ndarray, full_well: float) -> None:

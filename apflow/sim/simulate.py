@@ -17,6 +17,12 @@ Datasets written (dimensions; storage):
 - ``truth_sky_frame`` (detector; arrays): ``pattern`` (float32, full resolution) and
   ``pattern_binned32`` (32-px block means), the fixed sky pattern ``P`` (fraction of the sky).
 - ``truth_coadd`` (tract, patch, band; dataframe): see :func:`~apflow.sim.coadd.coadd_truth`.
+- ``template`` (tract, patch, band; exposure): deep, sharp templates of the visits' band at an
+  epoch before the run (:mod:`apflow.sim.template`), unless ``templates=False``.
+- ``ss_ephemeris`` (visit; dataframe): predicted positions and geometry of the known movers in
+  the field (:data:`~apflow.sim.movers.EPHEMERIS_COLUMNS`).
+- ``truth_dia`` ((); dataframe): variables, transients and movers per visit
+  (:func:`~apflow.sim.dynamic.dia_truth`).
 - ``truth_summary`` ((); json): what :func:`simulate` returns.
 """
 
@@ -33,13 +39,17 @@ from ..errors import ConfigError
 from .background import bin_image
 from .coadd import coadd_reference, coadd_truth, make_tract, render_coadd
 from .config import BANDS, SimConfig
+from .dynamic import dia_truth
 from .exposure import SkyModel, render_exposure
+from .movers import ephemeris, field_radius_deg
+from .template import render_template, template_mjd
 
 #: Truth dataset types the simulator registers beyond the repository's built-ins.
 TRUTH_DATASET_TYPES: dict[str, tuple[list[str], str]] = {
     "truth_exposures": ([], "dataframe"),
     "truth_coadd": (["tract", "patch", "band"], "dataframe"),
     "truth_summary": ([], "json"),
+    "truth_dia": ([], "dataframe"),
 }
 SKY_FRAME_BIN = 32
 
@@ -154,10 +164,26 @@ def simulate(
     truth_visits["sky_mean_focal_plane"] = truth_visits["visit"].map(sky_mean)
     put(truth_visits, "truth_visits")
 
-    tract_info = None
+    n_ephemeris = 0
+    if sky.movers is not None:
+        radius = field_radius_deg(repo.camera)
+        for visit in visits:
+            eph = ephemeris(sky.movers, visit.mjd, visit.boresight_ra, visit.boresight_dec, radius)
+            put(eph, "ss_ephemeris", visit=visit.visit)
+            n_ephemeris += len(eph)
+    reference_mjd = template_mjd(config) if config.templates else None
+    truth_dia = dia_truth(sky, visits, det_ids, reference_mjd)
+    put(truth_dia, "truth_dia")
+
+    tract = make_tract(repo.camera, visits, config) if coadds or config.templates else None
+    tract_info = tract.to_dict() if tract is not None else None
+    if config.templates:
+        for patch in range(tract.n_patches):
+            template = render_template(
+                tract, patch, band, sky.catalog, sky.transients, config, seed
+            )
+            put(template, "template", tract=0, patch=patch, band=band)
     if coadds:
-        tract = make_tract(repo.camera, visits, config)
-        tract_info = tract.to_dict()
         for patch in range(tract.n_patches):
             put(
                 coadd_reference(tract, patch, sky.catalog, config),
@@ -185,6 +211,12 @@ def simulate(
         "n_ref": int(len(ref_cat)),
         "visits": [v.to_dict() for v in visits],
         "tract": tract_info,
+        "dia": _dia_counts(truth_dia, n_ephemeris),
+        "template": (
+            {"band": band, "mjd": reference_mjd, "fwhm_arcsec": config.template_fwhm_arcsec}
+            if config.templates
+            else None
+        ),
         "config": config.to_dict(),
     }
     written["truth_summary"] = 1
@@ -192,6 +224,16 @@ def simulate(
     summary["elapsed_s"] = round(time.perf_counter() - start, 3)
     repo.put(summary, "truth_summary", overwrite=True, provenance=provenance)
     return summary
+
+
+def _dia_counts(truth_dia: pd.DataFrame, n_ephemeris: int) -> dict[str, int]:
+    """Objects of each kind in ``truth_dia`` (and on a simulated CCD), and ephemeris rows."""
+    counts: dict[str, int] = {"ss_ephemeris_rows": int(n_ephemeris), "rows": len(truth_dia)}
+    for kind in ("variable", "transient", "known_mover", "unknown_mover"):
+        rows = truth_dia[truth_dia["kind"] == kind]
+        counts[f"n_{kind}s"] = int(rows["id"].nunique())
+        counts[f"n_{kind}s_on_ccd"] = int(rows.loc[rows["detector"] >= 0, "id"].nunique())
+    return counts
 
 
 def _sky_frame_truth(pattern: np.ndarray, description: dict[str, Any]) -> dict[str, Any]:

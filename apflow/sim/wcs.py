@@ -272,3 +272,9 @@ def tan_wcs(ra: float, dec: float, crpix: tuple[float, float], pixel_scale_arcse
             "RADESYS": "ICRS",
         }
     )
+
+
+def unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` Cartesian unit vectors of (ra, dec) in degrees."""
+    ra, dec = np.radians(ra), np.radians(dec)
+    return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])

@@ -10,7 +10,10 @@ import pytest
 from apflow.core import Exposure
 from apflow.errors import ConfigError
 from apflow.io import Repository
-from apflow.sim import SkyModel, render_exposure, simulate, wcs_from_header
+from apflow.sim import SkyModel, make_tract, render_exposure, simulate, wcs_from_header
+from apflow.sim.dynamic import DIA_TRUTH_COLUMNS, dia_truth
+from apflow.sim.movers import EPHEMERIS_COLUMNS, ephemeris, field_radius_deg
+from apflow.sim.template import render_template, template_mjd
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +102,53 @@ def test_mini_simulate_of_ten_visits_takes_under_a_minute(tmp_path):
     summary = simulate(str(tmp_path / "repo"), n_visits=10, seed=0)
     assert summary["written"]["post_isr"] == 90
     assert summary["elapsed_s"] < 60.0
+
+
+def test_alert_production_inputs_are_written(written):
+    url, summary = written
+    repo = Repository(url)
+    n_patches = summary["tract"]["nx"] * summary["tract"]["ny"]
+    assert [d["band"] for d in repo.data_ids("template")] == ["r"] * n_patches
+    assert [d["visit"] for d in repo.data_ids("ss_ephemeris")] == [1, 2]
+    eph = repo.get("ss_ephemeris", visit=1)
+    assert list(eph.columns) == list(EPHEMERIS_COLUMNS) and len(eph) > 20
+    truth = repo.get("truth_dia")
+    assert list(truth.columns) == list(DIA_TRUTH_COLUMNS)
+    counts = summary["dia"]
+    assert counts["rows"] == len(truth) and counts["ss_ephemeris_rows"] >= len(eph)
+    for kind in ("variable", "transient", "known_mover", "unknown_mover"):
+        assert counts[f"n_{kind}s_on_ccd"] > 0
+    known = truth[truth["kind"] == "known_mover"]
+    assert (known["ssObjectId"] > 0).all() and set(known["ssObjectId"]) >= set(eph["ssObjectId"])
+
+
+def test_template_is_sharper_than_every_visit(written):
+    url, _ = written
+    repo = Repository(url)
+    template = repo.get("template", tract=0, patch=0, band="r")
+    fwhm_arcsec = template.psf.fwhm * 0.2
+    assert fwhm_arcsec < repo.get("truth_exposures")["psf_fwhm_min"].min()
+    coadd = repo.get("deep_coadd", tract=0, patch=0, band="r")
+    assert template.shape == coadd.shape and template.photo_calib == coadd.photo_calib
+
+
+def test_stored_alert_inputs_equal_the_in_memory_simulation(written):
+    url, _ = written
+    repo = Repository(url)
+    sky = SkyModel.generate("mini", seed=11)
+    visits = sky.visits(2)
+    tract = make_tract(sky.camera, visits, sky.config)
+    template = render_template(tract, 2, "r", sky.catalog, sky.transients, sky.config, 11)
+    assert np.array_equal(repo.get("template", tract=0, patch=2, band="r").image, template.image)
+    visit = visits[1]
+    radius = field_radius_deg(sky.camera)
+    eph = ephemeris(sky.movers, visit.mjd, visit.boresight_ra, visit.boresight_dec, radius)
+    stored = repo.get("ss_ephemeris", visit=2)
+    assert np.array_equal(stored["ssObjectId"], eph["ssObjectId"])
+    assert np.array_equal(stored["ephRa"], eph["ephRa"])
+    assert list(stored["designation"]) == list(eph["designation"])
+    truth = dia_truth(sky, visits, list(range(9)), template_mjd(sky.config))
+    stored = repo.get("truth_dia")
+    assert np.array_equal(stored["id"], truth["id"])
+    assert np.array_equal(stored["diff_flux"], truth["diff_flux"])
+    assert np.array_equal(stored["x"], truth["x"], equal_nan=True)
