@@ -21,7 +21,9 @@ Image characterisation, in the order ``CalibrateImageTask`` chains it::
                                        photometry.photo_calib)
 
 :class:`CalibrateImageTask` (:mod:`.calibrate_image`) runs the whole chain on one CCD, adds the
-aperture-to-total correction, converts the pixels to nJy and returns partial outputs on failure.
+aperture-to-total correction (:mod:`.aperture_to_total`), selects the ``stars`` catalog
+(:mod:`.star_selection`), converts the pixels to nJy and returns partial outputs on failure;
+:mod:`.sky_frame` subtracts an optional sky frame first.
 """
 
 from .apcorr import (
@@ -32,26 +34,18 @@ from .apcorr import (
     apply_aperture_correction,
     measure_aperture_correction,
 )
+from .aperture_to_total import ApertureToTotal, apply_aperture_to_total, measure_aperture_to_total
 from .astrometry import AstrometryConfig, AstrometryResult, AstrometryTask
 from .background import (
     BackgroundConfig,
     BackgroundModel,
     BackgroundResult,
     SubtractBackgroundTask,
-    estimate_background,
-)
-from .calibrate_image import (
-    ApertureToTotal,
-    CalibrateImageConfig,
-    CalibrateImageResult,
-    CalibrateImageTask,
-    apply_aperture_to_total,
-    apply_sky_frame,
     background_bundle,
     background_model,
-    classify_extendedness,
-    measure_aperture_to_total,
+    estimate_background,
 )
+from .calibrate_image import CalibrateImageConfig, CalibrateImageResult, CalibrateImageTask
 from .detection import DetectionConfig, DetectionResult, DetectSourcesTask, detect_sources
 from .measurement import (
     MeasurementConfig,
@@ -72,7 +66,9 @@ from .photometry import (
     robust_zero_point,
 )
 from .psf import PixelPsf, PsfModelConfig, PsfModelResult, PsfModelTask
+from .sky_frame import apply_sky_frame
 from .snaps import SnapCombineConfig, SnapCombineResult, SnapCombineTask, combine_two_snaps
+from .star_selection import classify_extendedness, psf_sigma_field, select_stars
 from .summary import SummaryStatsConfig, SummaryStatsResult, SummaryStatsTask, compute_summary_stats
 
 __all__ = [
@@ -127,7 +123,9 @@ __all__ = [
     "measure_aperture_correction",
     "measure_aperture_to_total",
     "pixel_flags",
+    "psf_sigma_field",
     "psf_flux",
     "render_psf_stack",
     "robust_zero_point",
+    "select_stars",
 ]

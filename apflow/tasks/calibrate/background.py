@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 from scipy.interpolate import Akima1DInterpolator, CubicSpline
 
 from ...core import Exposure, MaskPlanes
 from ...errors import ConfigError, TaskError
+from ...io import ArrayBundle
 from ..base import Task, TaskConfig
 
 INTERPOLATIONS = ("akima", "makima", "cubic", "linear", "constant")
@@ -44,6 +47,11 @@ class BackgroundConfig(TaskConfig):
     ignored_mask_planes : tuple of str
         Pixels with these planes set do not enter the bin statistics (Rubin's
         ``ignoredPixelMask`` plus ``SAT``, whose clipped values are not sky).
+    detected_grow : int
+        Grow ``DETECTED`` by this many pixels (a square dilation) before leaving it out (Rubin
+        dilates by 10 px when it re-measures the background around stars). Small bins
+        otherwise take in the wings of faint stars beyond their footprints: with 16 px bins
+        that cost S/N 10-30 stars 1-5% of their flux on simulated CCDs. Default 0.
     min_valid_fraction : float
         A bin with fewer unmasked pixels than this fraction of its area has no value of its own
         and is filled from neighbouring bins. Default 0.05.
@@ -63,6 +71,7 @@ class BackgroundConfig(TaskConfig):
         "DETECTED_NEGATIVE",
         "NO_DATA",
     )
+    detected_grow: int = 0
     min_valid_fraction: float = 0.05
     interpolation: str = "akima"
 
@@ -71,6 +80,8 @@ class BackgroundConfig(TaskConfig):
             raise ConfigError(f"bin_size must be >= 4 pixels, got {self.bin_size}")
         if not self.n_sigma > 0 or self.n_iter < 0:
             raise ConfigError("n_sigma must be > 0 and n_iter >= 0")
+        if self.detected_grow < 0:
+            raise ConfigError(f"detected_grow must be >= 0, got {self.detected_grow}")
         if not 0 <= self.min_valid_fraction <= 1:
             raise ConfigError("min_valid_fraction must be in [0, 1]")
         if self.interpolation not in INTERPOLATIONS:
@@ -271,6 +282,10 @@ def estimate_background(
     ignored = ~np.isfinite(image)
     if mask is not None:
         ignored |= (mask & MaskPlanes.bits(*config.ignored_mask_planes)) != 0
+        detected = (mask & MaskPlanes.bits("DETECTED")) != 0
+        if config.detected_grow > 0 and detected.any():
+            size = 2 * config.detected_grow + 1
+            ignored |= ndimage.maximum_filter(detected, size=size, mode="constant")
     data = np.where(ignored, np.float32(np.nan), image).astype(np.float32, copy=False)
     if data.shape != (n_bins_y * bin_h, n_bins_x * bin_w):
         padded = np.full((n_bins_y * bin_h, n_bins_x * bin_w), np.nan, dtype=np.float32)
@@ -500,3 +515,100 @@ def _interpolate_rows(centers: np.ndarray, values: np.ndarray, n_out: int, kind:
             block += c[:, None]
         out[:, lo:hi] = block
     return out
+
+
+def residual_sky_rms(
+    exposure: Exposure,
+    block: int = 16,
+    mask_planes: tuple[str, ...] = (
+        "BAD",
+        "SAT",
+        "EDGE",
+        "DETECTED",
+        "DETECTED_NEGATIVE",
+        "NO_DATA",
+    ),
+) -> float:
+    """Rms of the sky left after background subtraction beyond its noise, per pixel.
+
+    The background-subtracted image is averaged in ``block x block`` blocks of sky pixels
+    (the masked planes left out; blocks less than half sky are skipped). Noise alone scatters
+    a block mean by ``sqrt(mean V / n)``; the robust variance of the block means above that is
+    a sky structure the background model did not follow (an unsubtracted fringe or flat-field
+    pattern), on scales of the block and larger, which adds a correlated error to every flux.
+
+    Parameters
+    ----------
+    exposure : Exposure
+        Background-subtracted image with variance and mask.
+    block : int
+        Block side, px (a PSF's effective area is ~50 px; larger scales matter).
+    mask_planes : tuple of str
+        Planes of non-sky pixels.
+
+    Returns
+    -------
+    float
+        ``sqrt(max(0, var(block means) - expected))``, image units per pixel; 0 when fewer
+        than 10 blocks are usable.
+    """
+    height, width = exposure.shape
+    ny, nx = height // block, width // block
+    sky = (exposure.mask & MaskPlanes.bits(*mask_planes)) == 0
+    sky &= np.isfinite(exposure.image) & np.isfinite(exposure.variance)
+
+    def blocks(array: np.ndarray) -> np.ndarray:
+        return array[: ny * block, : nx * block].reshape(ny, block, nx, block).sum(axis=(1, 3))
+
+    n = blocks(sky.astype(np.float64))
+    total = blocks(np.where(sky, exposure.image, 0.0).astype(np.float64))
+    variance = blocks(np.where(sky, exposure.variance, 0.0).astype(np.float64))
+    usable = n >= 0.5 * block * block
+    if usable.sum() < 10:
+        return 0.0
+    means = total[usable] / n[usable]
+    expected = float(np.mean(variance[usable] / n[usable] ** 2))
+    spread = 1.4826 * float(np.median(np.abs(means - np.median(means))))
+    return float(math.sqrt(max(spread**2 - expected, 0.0)))
+
+
+# -- the calexp_background dataset ----------------------------------------------------------
+
+#: ``calexp_background`` bundle kind (``attrs["kind"]``).
+BACKGROUND_KIND = "calexp_background"
+
+
+def background_bundle(background: BackgroundModel, units: str) -> ArrayBundle:
+    """The ``calexp_background`` dataset: the binned model as named arrays."""
+    arrays = {
+        "values": np.asarray(background.values, np.float64),
+        "sigma": np.asarray(background.sigma, np.float64),
+        "n_pixels": np.asarray(background.n_pixels, np.int64),
+        "x_centers": np.asarray(background.x_centers, np.float64),
+        "y_centers": np.asarray(background.y_centers, np.float64),
+    }
+    attrs = {
+        "kind": BACKGROUND_KIND,
+        "width": int(background.width),
+        "height": int(background.height),
+        "interpolation": background.interpolation,
+        "units": units,
+    }
+    return ArrayBundle(arrays, attrs)
+
+
+def background_model(bundle: Mapping[str, np.ndarray] | ArrayBundle) -> BackgroundModel:
+    """Rebuild the :class:`BackgroundModel` of a ``calexp_background`` bundle."""
+    attrs = getattr(bundle, "attrs", {})
+    if attrs.get("kind", BACKGROUND_KIND) != BACKGROUND_KIND:
+        raise TaskError(f"expected a {BACKGROUND_KIND} bundle, got kind {attrs.get('kind')!r}")
+    return BackgroundModel(
+        values=np.asarray(bundle["values"], np.float64),
+        sigma=np.asarray(bundle["sigma"], np.float64),
+        n_pixels=np.asarray(bundle["n_pixels"], np.int64),
+        x_centers=np.asarray(bundle["x_centers"], np.float64),
+        y_centers=np.asarray(bundle["y_centers"], np.float64),
+        width=int(attrs["width"]),
+        height=int(attrs["height"]),
+        interpolation=str(attrs.get("interpolation", "akima")),
+    )

@@ -1,5 +1,10 @@
 """CalibrateImageTask: one CCD from post-ISR counts to a calibrated exposure (issue 5, steps 1-9).
 
+Helpers live beside it: :mod:`.aperture_to_total` (the fraction of light inside the 12 px
+aperture), :mod:`.star_selection` (extendedness, the ``stars`` catalog), :mod:`.sky_frame`
+(an optional sky frame scaled on the CCD), and ``background_bundle`` in :mod:`.background`
+(the ``calexp_background`` dataset).
+
 The chain (Rubin's ``CalibrateImageTask.run``)::
 
     snap combine -> [sky frame] -> background -> detection -> background with sources masked
@@ -8,20 +13,22 @@ The chain (Rubin's ``CalibrateImageTask.run``)::
 
 Departures from Rubin, each for a reason:
 
-- **Aperture-to-total correction.** Rubin calibrates the flux inside its 12 px calibration
-  aperture against the reference catalog, so the light in the PSF wings beyond 12 px ends up in
-  the zero point (1-2% for a 1" Moffat PSF of 0.2" pixels). Here a Moffat profile fitted to the
-  PSF model measures the fraction of a point source's light inside the aperture, and PSF fluxes
-  are divided by it before the zero point is fitted: the zero point is then that of total
-  fluxes, the one reference catalogs quote. ``ap_instflux`` keeps meaning "flux inside 12 px".
+- **Aperture-to-total correction** (:mod:`.aperture_to_total`): the zero point is that of
+  total fluxes, the one reference catalogs quote, not of the flux inside 12 px.
 - **The input PSF is dropped.** A ``post_isr`` exposure may carry a PSF (the simulator attaches
   the true one); calibration determines its own, as it must on real data.
 - **Sky frames** (optional input): a detector's sky frame is scaled to the CCD alone
   (:func:`apply_sky_frame`) and subtracted before the background. The better correction fits
   one scale per visit over all CCDs (:mod:`apflow.tasks.sky`'s ``SkyFrameScaleTask`` and
   ``SubtractSkyFrameTask``, stages of a workflow that then feeds calibrate its output); leave
-  ``sky_frame`` out then. A fixed sky pattern left in the image (the simulator's is 2% of the
-  sky on 40-250 px scales) is detected as sources and biases the zero point by tens of mmag.
+  ``sky_frame`` out then. Without sky frames a CCD is still calibrated: on the simulator's
+  default data (2% fixed sky pattern on 40-250 px scales, ~10 PSF stars per 1k x 1k CCD)
+  every CCD succeeds, with zero points scattered by ~17 mmag rms about the truth (the pattern
+  and the 1.5% reference errors; see tests/tasks/calibrate/test_calibrate_default_sim.py).
+- **Few PSF stars.** Below ``psf.pixel_min_stars`` fit stars the PSF is an analytic Moffat
+  of smoothly varying FWHM and ellipticity (:mod:`.psf.analytic`); its aperture correction
+  is then the model's prediction when the stars measure it less precisely than
+  ``apcorr_max_error`` (:meth:`CalibrateImageTask._aperture_correction`).
 
 Failures (:class:`~apflow.errors.TaskError` and its subclasses ``PsfError``,
 ``AstrometryError``, ``PhotometryError``) stop the chain where they happen, as Rubin's
@@ -45,32 +52,35 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import sep
-from scipy.optimize import least_squares
 
-from ...core import Camera, Detector, Exposure, MaskPlanes, MoffatPsf, PhotoCalib, Psf
+from ...core import Camera, Detector, Exposure, MaskPlanes, PhotoCalib, Psf
 from ...core.psf import poly2d_n_terms
 from ...errors import ConfigError, TaskError, format_data_id
 from ...io import ArrayBundle
 from ..base import Task, TaskConfig, _coerce
-from .apcorr import ApertureCorrectionConfig, ApertureCorrectionTask
+from .apcorr import (
+    ApertureCorrectionConfig,
+    ApertureCorrectionTask,
+    apply_aperture_correction,
+    model_aperture_correction,
+)
+from .aperture_to_total import apply_aperture_to_total, measure_aperture_to_total
 from .astrometry import AstrometryConfig, AstrometryTask
 from .background import (
     BackgroundConfig,
     BackgroundModel,
     SubtractBackgroundTask,
-    estimate_background,
+    background_bundle,
+    residual_sky_rms,
 )
 from .detection import DetectionConfig, DetectSourcesTask
 from .measurement import MeasurementConfig, MeasureStarsTask
 from .photometry import PhotometryConfig, PhotometryTask, calibrate_catalog
-from .psf import PsfModelConfig, PsfModelTask
-from .psf.pixel_psf import normalized_coordinates, polynomial_terms
+from .psf import PixelPsf, PsfModelConfig, PsfModelResult, PsfModelTask
+from .sky_frame import apply_sky_frame
 from .snaps import SnapCombineConfig, SnapCombineTask
+from .star_selection import classify_extendedness, select_stars
 from .summary import SummaryStatsConfig, compute_summary_stats
-
-#: ``calexp_background`` bundle kind (``attrs["kind"]``).
-BACKGROUND_KIND = "calexp_background"
 
 
 def _sub(factory: Any, **overrides: Any) -> Any:
@@ -89,16 +99,20 @@ class CalibrateImageConfig(TaskConfig):
     ----------
     snap_combine : SnapCombineConfig
     background : BackgroundConfig
-        First background pass, before anything is masked. Bins of 32 px (Rubin 128): a
-        fixed-pattern sky (fringes, 60-250 px) that no sky frame removed otherwise leaves
-        residuals above the detection threshold, which merge into huge footprints. Without
-        such a pattern 32 and 128 px give the same accuracy on simulated CCDs.
+        First background pass, before anything is masked. Bins of 32 px (Rubin 128). Known
+        limit: the simulator's fixed sky pattern of 2% of the sky (fringes of 60-250 px
+        period, blobs, rings, edge roll-off), when no sky frame removed it, leaves 14-18
+        counts rms (2-3 sigma of the smoothed image) with 32 px bins and 3-6 counts with
+        16 px bins; with 32 px bins it made 600-1200 spurious detections on some 1k x 1k
+        CCDs. ``bin_size=16`` removes them but moved the zero point of star-rich CCDs by
+        2-3 mmag; not yet the default (see issue 5).
     detection : DetectionConfig
         5 sigma (Rubin's star detection threshold) with the smoothing kernel of
         ``initial_psf_fwhm``.
     final_background : BackgroundConfig
         Second pass with the detections masked (replaces the first): 32 px bins, for the same
-        reason. Stars' wings are masked (footprints grown by 2.4 sigma), so they do not leak in.
+        reason. With 16 px bins, grow the footprints (``detected_grow``, 6 px) so that the
+        wings of faint stars stay out of the small bins.
     measurement : MeasurementConfig
         Centroids, shapes, 12 px aperture fluxes and flags of every detection.
     psf : PsfModelConfig
@@ -124,6 +138,16 @@ class CalibrateImageConfig(TaskConfig):
         Default 20.
     apcorr_stars_per_term : float
         The same for the aperture correction's polynomial. Default 8.
+    residual_sky_error : bool
+        Add the error of a residual sky structure (:func:`~.background.residual_sky_rms`,
+        measured on the CCD) to the PSF and aperture flux errors of the ``stars`` catalog
+        (not to those the zero point is fitted with). Default True.
+    apcorr_max_error : float
+        With an analytic (Moffat) PSF model, a measured aperture correction less precise
+        than this (1-sigma, at the CCD centre) is replaced by the model's prediction.
+        Default 0.003.
+    apcorr_model_error : float
+        Error assigned to the model's prediction (its profile error). Default 0.003.
     aperture_to_total : bool
         Divide PSF fluxes by the PSF's fraction of light inside the calibration aperture so the
         zero point refers to total fluxes (see module docstring). Default True.
@@ -165,6 +189,9 @@ class CalibrateImageConfig(TaskConfig):
     initial_psf_fwhm: float = 4.0
     psf_stars_per_term: float = 20.0
     apcorr_stars_per_term: float = 8.0
+    residual_sky_error: bool = True
+    apcorr_max_error: float = 0.003
+    apcorr_model_error: float = 0.003
     aperture_to_total: bool = True
     aperture_to_total_grid: int = 3
     star_min_snr: float = 10.0
@@ -392,14 +419,16 @@ class CalibrateImageTask(Task):
         cfg = self.config
         psf = run.step("psf", PsfModelTask(cfg.psf).run, state.exposure, state.stars)
         n_psf = int(psf.stars["calib_psf_used"].sum())
-        order = _affordable_order(n_psf, psf.psf.order, cfg.psf_stars_per_term)
-        if order < psf.psf.order:
-            # few stars: a lower degree, whose corners are not an extrapolation of noise
-            psf_config = dataclasses.replace(cfg.psf, order=order)
-            psf = run.step("psf", PsfModelTask(psf_config).run, state.exposure, state.stars)
+        if isinstance(psf.psf, PixelPsf):
+            order = _affordable_order(n_psf, psf.psf.order, cfg.psf_stars_per_term)
+            if order < psf.psf.order:
+                # few stars: a lower degree, whose corners are not an extrapolation of noise
+                psf_config = dataclasses.replace(cfg.psf, order=order, model="pixel")
+                psf = run.step("psf", PsfModelTask(psf_config).run, state.exposure, state.stars)
         state.exposure, state.psf_stars = psf.exposure, psf.psf_stars
         state.metadata["psf_model"] = {
-            "order": psf.psf.order,
+            "type": psf.psf.kind,
+            "order": _psf_order(psf.psf),
             "n_used": int(psf.stars["calib_psf_used"].sum()),
             "n_reserved": int(psf.stars["calib_psf_reserved"].sum()),
             "reserved_chi2_dof": psf.reserved_chi2_dof,
@@ -409,6 +438,15 @@ class CalibrateImageTask(Task):
             cfg.measurement, measure_moments=False, measure_aperture=False
         )
         measured = run.step("psf_flux", MeasureStarsTask(psf_only).run, psf.exposure, psf.stars)
+        if cfg.residual_sky_error:
+            rms = run.step("residual_sky", residual_sky_rms, psf.exposure)
+            centre = psf.psf.compute_kernel_image(
+                (psf.exposure.width - 1) / 2, (psf.exposure.height - 1) / 2
+            )
+            state.metadata["residual_sky"] = {
+                "rms": rms,
+                "psf_n_eff": 1.0 / float(np.sum(centre**2)),
+            }
         apcorr_config = dataclasses.replace(
             cfg.aperture_correction,
             order=_affordable_order(
@@ -417,13 +455,9 @@ class CalibrateImageTask(Task):
                 cfg.apcorr_stars_per_term,
             ),
         )
-        apcorr = run.step(
-            "aperture_correction",
-            ApertureCorrectionTask(apcorr_config).run,
-            psf.exposure,
-            measured.stars,
+        state.exposure, stars = run.step(
+            "aperture_correction", self._aperture_correction, psf, measured.stars, apcorr_config
         )
-        state.exposure, stars = apcorr.exposure, apcorr.stars
         if cfg.aperture_to_total:
             correction = run.step(
                 "aperture_to_total",
@@ -435,6 +469,48 @@ class CalibrateImageTask(Task):
             stars = apply_aperture_to_total(stars, correction)
             state.metadata["aperture_to_total"] = correction.to_dict()
         state.stars = classify_extendedness(stars, psf.psf, cfg.star_max_size_excess)
+
+    def _aperture_correction(
+        self, psf: PsfModelResult, stars: pd.DataFrame, config: ApertureCorrectionConfig
+    ) -> tuple[Exposure, pd.DataFrame]:
+        """Measured aperture correction, or the Moffat model's when the stars leave it loose.
+
+        Ten PSF stars of S/N 20-100 measure ``ap / psf`` to 1-3% on a 1k x 1k CCD (a residual
+        sky of a few counts per pixel sums to hundreds of counts in a 12 px aperture), which
+        went straight into the zero point. An analytic model fitted to the same stars
+        predicts the ratio (:func:`~.apcorr.model_aperture_correction`) to
+        ``apcorr_model_error``; it replaces the measurement when that is less precise.
+        """
+        cfg = self.config
+        exposure = psf.exposure
+        try:
+            measured = ApertureCorrectionTask(config).run(exposure, stars)
+        except TaskError:
+            if isinstance(psf.psf, PixelPsf):
+                raise
+            measured, measured_err = None, math.inf
+        else:
+            measured_err = measured.summary()["apcorr_center_err"]
+        if isinstance(psf.psf, PixelPsf) or measured_err <= cfg.apcorr_max_error:
+            assert measured is not None
+            return measured.exposure, measured.stars
+        model = model_aperture_correction(
+            psf.psf,
+            exposure.width,
+            exposure.height,
+            cfg.measurement.aperture_radius,
+            cfg.apcorr_model_error,
+        )
+        corrected = apply_aperture_correction(stars, model, config.propagate_error)
+        corrected["calib_apcorr_used"] = False
+        info = {
+            **model.to_dict(),
+            "source": "psf_model",
+            "measured": None if measured is None else measured.aperture_correction.to_dict(),
+        }
+        return dataclasses.replace(
+            exposure, metadata={**exposure.metadata, "aperture_correction": info}
+        ), corrected
 
     def _fit_astrometry(
         self,
@@ -504,7 +580,11 @@ class CalibrateImageTask(Task):
             calib,
             cfg.summary,
         )
-        stars = _select_stars(state.stars, cfg)
+        stars = select_stars(state.stars, cfg.star_min_snr, cfg.stars_unresolved_only)
+        if "residual_sky" in state.metadata:
+            stars = _add_residual_sky_error(
+                stars, state.metadata["residual_sky"], cfg.measurement.aperture_radius
+            )
         if "ra" not in stars:
             stars["ra"] = np.nan
             stars["dec"] = np.nan
@@ -517,7 +597,9 @@ class CalibrateImageTask(Task):
             "failure": state.failure,
         }
         if calib is not None:
-            stars = calibrate_catalog(stars, calib, _flux_columns(stars))
+            stars = calibrate_catalog(
+                stars, calib, [c for c in ("psf_instflux", "ap_instflux") if c in stars]
+            )
             metadata["photo_calib_counts"] = calib.to_dict()
             metadata["zero_point"] = calib.zero_point
         if calib is not None and cfg.calibrate_pixels:
@@ -563,6 +645,39 @@ class _State:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def _add_residual_sky_error(
+    stars: pd.DataFrame, residual_sky: Mapping[str, float], aperture_radius: float
+) -> pd.DataFrame:
+    """Add the residual sky structure's error to the catalog's PSF and aperture flux errors.
+
+    A sky offset ``b`` under a star moves its PSF flux by ``n_eff b`` (``n_eff = 1 / sum P^2``,
+    the PSF's effective area, for the fit's uniform weights; times the aperture and
+    aperture-to-total corrections applied since) and its aperture flux by ``A b`` (``A`` the
+    aperture's area); ``b`` scatters by :func:`~.background.residual_sky_rms`. Without a sky
+    frame the simulator's 2% pattern leaves 5-18 counts per pixel on some CCDs: hundreds of
+    counts per PSF flux, more than the photon noise of an S/N 30 star.
+
+    It is added to the published catalog only, after the star selection and the zero point:
+    those use the photon noise, as Rubin's do, so that the selection (S/N >= 10) and the
+    number of calibrators do not shrink on exactly the CCDs that need them.
+    """
+    rms = float(residual_sky["rms"])
+    if rms <= 0:
+        return stars
+    out = stars.copy()
+    scale = np.ones(len(out))
+    if "psf_apcorr" in out:
+        scale *= out["psf_apcorr"].to_numpy(np.float64)
+    if "psf_aperture_fraction" in out:
+        scale /= out["psf_aperture_fraction"].to_numpy(np.float64)
+    psf_term = float(residual_sky["psf_n_eff"]) * rms * scale
+    out["psf_instflux_err"] = np.hypot(out["psf_instflux_err"].to_numpy(np.float64), psf_term)
+    if "ap_instflux_err" in out:
+        area = math.pi * aperture_radius**2
+        out["ap_instflux_err"] = np.hypot(out["ap_instflux_err"].to_numpy(np.float64), area * rms)
+    return out
+
+
 def _with_data_id(exc: TaskError, data_id: Mapping[str, Any] | None, step: str) -> TaskError:
     """The error itself if its message names the data id, else one of the same type that does."""
     where = format_data_id(data_id)
@@ -581,6 +696,14 @@ def _affordable_order(n_stars: int, order: int, per_term: float) -> int:
     return order
 
 
+def _psf_order(psf: Psf) -> int:
+    """Degree of the PSF model's variation over the CCD (of its FWHM for an analytic model)."""
+    if isinstance(psf, PixelPsf):
+        return psf.order
+    coeffs = len(getattr(psf, "fwhm_coeffs", (0.0,)))
+    return next(order for order in range(10) if poly2d_n_terms(order) >= coeffs)
+
+
 class _Run:
     """Times each step and remembers which one is running (named in a failure)."""
 
@@ -594,378 +717,6 @@ class _Run:
         result = func(*args, **kwargs)
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
         return result
-
-
-# -- aperture-to-total correction -------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class ApertureToTotal:
-    """Fraction of a point source's light inside the calibration aperture, over the CCD.
-
-    Attributes
-    ----------
-    coeffs : numpy.ndarray
-        Polynomial (terms of :func:`~apflow.tasks.calibrate.psf.polynomial_terms`) of the
-        fraction in coordinates normalised to [-1, 1].
-    order, width, height : int
-    radius : float
-        Aperture radius, px.
-    beta : float
-        Index of the Moffat fitted to the PSF model.
-    grid_x, grid_y, grid_fraction, grid_fwhm : numpy.ndarray
-        Where the fraction was measured, its value and the Moffat FWHM there (px).
-    """
-
-    coeffs: np.ndarray
-    order: int
-    width: int
-    height: int
-    radius: float
-    beta: float
-    grid_x: np.ndarray
-    grid_y: np.ndarray
-    grid_fraction: np.ndarray
-    grid_fwhm: np.ndarray
-
-    def fraction(self, x: Any, y: Any) -> np.ndarray:
-        """Fraction of the total light inside ``radius`` at pixel positions (x, y)."""
-        x = np.asarray(x, np.float64)
-        u, v = normalized_coordinates(x.ravel(), np.ravel(y), self.width, self.height)
-        return (polynomial_terms(u, v, self.order) @ self.coeffs).reshape(x.shape)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (stored in the calexp's metadata)."""
-        return {
-            "type": "polynomial_aperture_fraction",
-            "definition": "fraction of a point source's total flux inside radius (Moffat fit)",
-            "radius": float(self.radius),
-            "order": int(self.order),
-            "beta": float(self.beta),
-            "width": int(self.width),
-            "height": int(self.height),
-            "coeffs": [float(c) for c in self.coeffs],
-            "grid_x": [float(v) for v in self.grid_x],
-            "grid_y": [float(v) for v in self.grid_y],
-            "grid_fraction": [float(v) for v in self.grid_fraction],
-            "grid_fwhm": [float(v) for v in self.grid_fwhm],
-        }
-
-
-def measure_aperture_to_total(psf: Psf, radius: float, grid: int = 3) -> ApertureToTotal:
-    """Fraction of a point source's light inside a circular aperture, from the PSF model.
-
-    A PSF model stamp spans about +-3.5 FWHM and is normalised over it, so the light beyond
-    (1-2% for a beta = 3.5 Moffat at 12 px) is not in the model. A pixel-integrated elliptical
-    Moffat (FWHM, beta, e1, e2 free) is fitted to the model image at the CCD centre; elsewhere
-    on the ``grid`` its FWHM is scaled by the model's FWHM there (beta and ellipticity barely
-    change the fraction across a CCD). The fraction is the profile's exact-overlap aperture
-    sum (as ``sep.sum_circle`` measures the stars) over its total flux.
-
-    Parameters
-    ----------
-    psf : Psf
-        PSF model with ``width``/``height`` attributes (CCD size), e.g. a ``PixelPsf``.
-    radius : float
-        Aperture radius, px.
-    grid : int
-        Positions per axis.
-    """
-    width, height = int(psf.width), int(psf.height)  # type: ignore[attr-defined]
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    along_x = np.linspace(0, width - 1, grid) if grid > 1 else np.array([cx])
-    along_y = np.linspace(0, height - 1, grid) if grid > 1 else np.array([cy])
-    gx, gy = (a.ravel() for a in np.meshgrid(along_x, along_y))
-    centre = _fit_moffat(psf.compute_kernel_image(cx, cy))
-    scale = centre.fwhm / psf.fwhm_at(cx, cy)
-    fwhm = np.array([scale * psf.fwhm_at(x, y) for x, y in zip(gx, gy, strict=True)])
-    fraction = np.array(
-        [_moffat_fraction(dataclasses.replace(centre, fwhm=float(f)), radius) for f in fwhm]
-    )
-    order = min(2, grid - 1)
-    u, v = normalized_coordinates(gx, gy, width, height)
-    coeffs, *_ = np.linalg.lstsq(polynomial_terms(u, v, order), fraction, rcond=None)
-    return ApertureToTotal(
-        coeffs=coeffs,
-        order=order,
-        width=width,
-        height=height,
-        radius=float(radius),
-        beta=float(centre.beta),
-        grid_x=gx,
-        grid_y=gy,
-        grid_fraction=fraction,
-        grid_fwhm=fwhm,
-    )
-
-
-def apply_aperture_to_total(stars: pd.DataFrame, correction: ApertureToTotal) -> pd.DataFrame:
-    """Divide ``psf_instflux`` (aperture-corrected) and its error by the aperture fraction.
-
-    Adds ``psf_aperture_fraction``; ``ap_instflux`` is left as the flux inside the aperture.
-    """
-    fraction = correction.fraction(stars["x"].to_numpy(), stars["y"].to_numpy())
-    out = stars.copy()
-    out["psf_aperture_fraction"] = fraction
-    out["psf_instflux"] = stars["psf_instflux"].to_numpy() / fraction
-    out["psf_instflux_err"] = stars["psf_instflux_err"].to_numpy() / fraction
-    return out
-
-
-def _fit_moffat(kernel: np.ndarray) -> MoffatPsf:
-    """Pixel-integrated elliptical Moffat of least squares to a centred PSF image."""
-    size = kernel.shape[0]
-    data = kernel / kernel.sum()
-    peak = data.max()
-    # starting FWHM from the area above half maximum
-    fwhm0 = max(2.0 * math.sqrt(np.count_nonzero(data > 0.5 * peak) / math.pi), 1.5)
-
-    def model(params: np.ndarray) -> np.ndarray:
-        fwhm, beta, e1, e2 = _moffat_parameters(params)
-        return MoffatPsf(fwhm=fwhm, e1=e1, e2=e2, beta=beta).compute_kernel_image(0.0, 0.0, size)
-
-    def residual(params: np.ndarray) -> np.ndarray:
-        image = model(params)
-        amplitude = float(np.sum(image * data) / np.sum(image * image))
-        return (amplitude * image - data).ravel()
-
-    start = np.array([math.log(fwhm0), math.log(3.5 - 1.0), 0.0, 0.0])
-    solution = least_squares(residual, start, x_scale=[0.1, 0.3, 0.02, 0.02], xtol=1e-10)
-    fwhm, beta, e1, e2 = _moffat_parameters(solution.x)
-    return MoffatPsf(fwhm=fwhm, e1=e1, e2=e2, beta=beta)
-
-
-def _moffat_parameters(params: np.ndarray) -> tuple[float, float, float, float]:
-    # log parameters keep FWHM > 0 and beta > 1; |e| is capped well below 1
-    e1, e2 = float(params[2]), float(params[3])
-    norm = math.hypot(e1, e2)
-    if norm > 0.5:
-        e1, e2 = 0.5 * e1 / norm, 0.5 * e2 / norm
-    return math.exp(params[0]), 1.0 + math.exp(params[1]), e1, e2
-
-
-def _moffat_fraction(moffat: MoffatPsf, radius: float, order: int = 5) -> float:
-    """Exact-overlap circular aperture sum of a pixel-integrated Moffat over its total flux.
-
-    The pixels are integrated by Gauss-Legendre quadrature (as :mod:`apflow.core.psf` renders
-    them) without normalising the stamp, and divided by the profile's analytic integral
-    ``pi alpha^2 / (beta - 1)`` (the shape matrix has unit determinant).
-    """
-    half = int(math.ceil(radius)) + 1
-    nodes, weights = np.polynomial.legendre.leggauss(order)
-    coords = (np.arange(-half, half + 1)[:, None] + 0.5 * nodes[None, :]).ravel()
-    u, v = np.meshgrid(coords, coords)
-    e1, e2 = moffat.e1, moffat.e2
-    norm = math.sqrt(1.0 - e1 * e1 - e2 * e2)
-    r_sq = ((1.0 - e1) * u * u - 2.0 * e2 * u * v + (1.0 + e1) * v * v) / norm
-    profile = (1.0 + r_sq / moffat.alpha**2) ** (-moffat.beta)
-    w = np.tile(weights, 2 * half + 1) * 0.5  # a pixel is [-0.5, 0.5]: half the [-1, 1] weights
-    size = 2 * half + 1
-    image = (profile * np.outer(w, w)).reshape(size, order, size, order).sum(axis=(1, 3))
-    inside, _, _ = sep.sum_circle(image, [float(half)], [float(half)], radius, subpix=0)
-    total = math.pi * moffat.alpha**2 / (moffat.beta - 1.0)
-    return float(inside[0] / total)
-
-
-# -- star catalog ----------------------------------------------------------------------------
-
-
-def classify_extendedness(
-    stars: pd.DataFrame, psf: Psf, max_size_excess: float = 0.05
-) -> pd.DataFrame:
-    """Add ``size_ratio`` and ``extendedness`` (0 point source, 1 extended, NaN unmeasured).
-
-    The adaptive-moment size ``sqrt((ixx + iyy) / 2)`` is divided by the PSF's
-    Gaussian-equivalent sigma at the source; the ratio of a point source is a constant of the
-    PSF's profile, measured as the median over the PSF stars (``calib_psf_used``). A source is
-    extended when its ratio exceeds that by more than ``max_size_excess`` plus three times the
-    ratio's noise, taken as ``ratio / (S/N)``.
-    """
-    out = stars.copy()
-    sigma = psf_sigma_field(psf, stars["x"].to_numpy(), stars["y"].to_numpy())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        size = np.sqrt(0.5 * (stars["ixx"].to_numpy() + stars["iyy"].to_numpy()))
-        ratio = size / sigma
-        snr = stars["psf_instflux"].to_numpy() / stars["psf_instflux_err"].to_numpy()
-    reference = ratio[stars["calib_psf_used"].to_numpy(bool)] if "calib_psf_used" in stars else []
-    point = float(np.nanmedian(reference)) if len(reference) else float(np.nanmedian(ratio))
-    noise = point / np.maximum(np.nan_to_num(snr, nan=1.0), 1.0)
-    excess = ratio / point - 1.0
-    extended = np.where(
-        np.isfinite(ratio), (excess > max_size_excess + 3.0 * noise / point).astype(float), np.nan
-    )
-    out["size_ratio"] = ratio / point
-    out["extendedness"] = extended
-    return out
-
-
-def psf_sigma_field(psf: Psf, x: np.ndarray, y: np.ndarray, grid: int = 3) -> np.ndarray:
-    """Gaussian-equivalent PSF sigma at many positions from a ``grid x grid`` polynomial fit.
-
-    ``fwhm_at`` of a pixel model costs an FFT; the PSF varies smoothly, so it is evaluated on a
-    small grid only.
-    """
-    width = int(getattr(psf, "width", 0) or max(np.max(x, initial=0.0) + 1, 1))
-    height = int(getattr(psf, "height", 0) or max(np.max(y, initial=0.0) + 1, 1))
-    gx, gy = (
-        a.ravel()
-        for a in np.meshgrid(np.linspace(0, width - 1, grid), np.linspace(0, height - 1, grid))
-    )
-    sigma = np.array([psf.sigma_at(float(a), float(b)) for a, b in zip(gx, gy, strict=True)])
-    order = min(2, grid - 1)
-    coeffs, *_ = np.linalg.lstsq(
-        polynomial_terms(*normalized_coordinates(gx, gy, width, height), order), sigma, rcond=None
-    )
-    u, v = normalized_coordinates(np.asarray(x), np.asarray(y), width, height)
-    return polynomial_terms(u, v, order) @ coeffs
-
-
-def _select_stars(stars: pd.DataFrame, cfg: CalibrateImageConfig) -> pd.DataFrame:
-    """The ``stars`` catalog: sources with S/N >= star_min_snr (point sources only).
-
-    The S/N is the PSF flux's, or the aperture flux's when the chain stopped before a PSF.
-    """
-    column = "psf_instflux"
-    if column not in stars or not np.isfinite(stars[column].to_numpy(dtype=float)).any():
-        column = "ap_instflux"
-    flux = stars[column].to_numpy(dtype=float)
-    err = stars[f"{column}_err"].to_numpy(dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        keep = np.isfinite(flux) & (err > 0) & (flux / err >= cfg.star_min_snr)
-    if cfg.stars_unresolved_only and "extendedness" in stars:
-        keep &= stars["extendedness"].to_numpy(dtype=float) == 0.0
-    return stars[keep].copy()
-
-
-def _flux_columns(stars: pd.DataFrame) -> list[str]:
-    return [c for c in ("psf_instflux", "ap_instflux") if c in stars]
-
-
-# -- pixels, background, sky frame ---------------------------------------------------------
-
-
-def background_bundle(background: BackgroundModel, units: str) -> ArrayBundle:
-    """The ``calexp_background`` dataset: the binned model as named arrays."""
-    arrays = {
-        "values": np.asarray(background.values, np.float64),
-        "sigma": np.asarray(background.sigma, np.float64),
-        "n_pixels": np.asarray(background.n_pixels, np.int64),
-        "x_centers": np.asarray(background.x_centers, np.float64),
-        "y_centers": np.asarray(background.y_centers, np.float64),
-    }
-    attrs = {
-        "kind": BACKGROUND_KIND,
-        "width": int(background.width),
-        "height": int(background.height),
-        "interpolation": background.interpolation,
-        "units": units,
-    }
-    return ArrayBundle(arrays, attrs)
-
-
-def background_model(bundle: Mapping[str, np.ndarray] | ArrayBundle) -> BackgroundModel:
-    """Rebuild the :class:`BackgroundModel` of a ``calexp_background`` bundle."""
-    attrs = getattr(bundle, "attrs", {})
-    if attrs.get("kind", BACKGROUND_KIND) != BACKGROUND_KIND:
-        raise TaskError(f"expected a {BACKGROUND_KIND} bundle, got kind {attrs.get('kind')!r}")
-    return BackgroundModel(
-        values=np.asarray(bundle["values"], np.float64),
-        sigma=np.asarray(bundle["sigma"], np.float64),
-        n_pixels=np.asarray(bundle["n_pixels"], np.int64),
-        x_centers=np.asarray(bundle["x_centers"], np.float64),
-        y_centers=np.asarray(bundle["y_centers"], np.float64),
-        width=int(attrs["width"]),
-        height=int(attrs["height"]),
-        interpolation=str(attrs.get("interpolation", "akima")),
-    )
-
-
-def apply_sky_frame(
-    exposure: Exposure, sky_frame: Exposure | ArrayBundle | None, bin_size: int = 32
-) -> tuple[Exposure, dict[str, Any]]:
-    """Subtract a detector's sky frame, scaled to this CCD alone.
-
-    The sky module's correction fits one scale per visit over all its CCDs (a gather) before
-    calibration. A single CCD can still fit its own: the image's clipped means in
-    ``bin_size`` bins ``v`` are modelled as a plane ``L(x, y)`` (the smooth sky) plus
-    ``s f N``, with ``f`` the frame's bin means and ``N`` its normaliser (``L`` itself for a
-    ``"local"`` frame, the CCD's median level for a ``"visit_scale"`` one), by least squares
-    with 3-sigma clipping of the stars' bins. :func:`apflow.tasks.sky.subtract_sky_frame` then
-    removes ``s f N``.
-
-    Parameters
-    ----------
-    exposure : Exposure
-        Counts, nothing subtracted yet.
-    sky_frame : Exposure or ArrayBundle or None
-        The ``sky_frame`` exposure (fraction of the sky) or a ``sky_frame_binned`` bundle.
-    bin_size : int
-        Bin of the fit, px.
-
-    Returns
-    -------
-    exposure : Exposure
-        The corrected exposure (the input itself when there is no frame).
-    info : dict
-        ``applied``, and ``scale``, ``normalization``, ``n_bins``, ``rms`` (fraction of the sky)
-        when applied.
-
-    Raises
-    ------
-    TaskError
-        If the frame's shape differs from the exposure's or the fit has too few bins.
-    """
-    if sky_frame is None:
-        return exposure, {"applied": False, "reason": "no sky frame given"}
-    from ..sky import subtract_sky_frame, upsample_bins
-
-    if isinstance(sky_frame, Exposure):
-        frame, attrs = sky_frame.image, sky_frame.metadata
-    else:
-        attrs = dict(getattr(sky_frame, "attrs", {}))
-        binned = np.asarray(sky_frame["sky"], np.float64)
-        frame = upsample_bins(binned, exposure.shape, int(attrs["bin_size"]))
-    if frame.shape != exposure.shape:
-        raise TaskError(f"sky frame of shape {frame.shape} for an exposure of {exposure.shape}")
-    normalization = str(attrs.get("normalization", "visit_scale"))
-    config = BackgroundConfig(bin_size=bin_size)
-    image_bins = estimate_background(exposure.image, exposure.mask, config)
-    frame_bins = estimate_background(np.asarray(frame, np.float32), None, config).values
-    x, y = np.meshgrid(image_bins.x_centers, image_bins.y_centers)
-    u, v = normalized_coordinates(x.ravel(), y.ravel(), exposure.width, exposure.height)
-    values, f = image_bins.values.ravel(), frame_bins.ravel()
-    measured = (image_bins.n_pixels.ravel() > 0) & np.isfinite(f)
-    keep = measured.copy()
-    level = np.full(values.shape, float(np.median(values[measured])))
-    for _ in range(4):
-        design = np.column_stack([np.ones_like(u), u, v, f * level])
-        coeffs, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
-        residual = values - design @ coeffs
-        if normalization == "local":
-            level = design[:, :3] @ coeffs[:3]
-        q25, q75 = np.percentile(residual[keep], [25.0, 75.0])
-        keep = measured & (np.abs(residual) <= 3.0 * 0.741 * (q75 - q25))
-    if keep.sum() < 10:
-        raise TaskError(f"sky frame: only {int(keep.sum())} usable {bin_size}-px bins to fit")
-    scale = float(coeffs[3])
-    if normalization == "local":
-        fy, fx = np.mgrid[0 : exposure.height, 0 : exposure.width]
-        pu, pv = normalized_coordinates(fx, fy, exposure.width, exposure.height)
-        normalizer: np.ndarray | float = (coeffs[0] + coeffs[1] * pu + coeffs[2] * pv).astype(
-            np.float32
-        )
-    else:
-        normalizer = float(level[0])
-    corrected = subtract_sky_frame(exposure, np.asarray(frame), scale, normalizer)
-    rms = float(np.sqrt(np.mean(residual[keep] ** 2)) / np.median(level))
-    info = {
-        "applied": True,
-        "scale": scale,
-        "normalization": normalization,
-        "n_bins": int(keep.sum()),
-        "rms": rms,
-    }
-    return corrected, info
 
 
 def _mask_fractions(mask: np.ndarray) -> dict[str, float]:

@@ -80,6 +80,20 @@ class MeasurementConfig(TaskConfig):
         equal weight, which stays unbiased when the variance plane is computed from the noisy
         image; ``"variance"``: inverse-variance weights (optimal for bright stars when the
         variance plane is exact). The error is propagated from the variance plane either way.
+    psf_fit_local_sky : bool
+        Fit a constant sky with the PSF amplitude over each stamp (default False, as Rubin's
+        ``PsfFlux``). A residual
+        sky structure the background model did not follow (an unsubtracted fringe or
+        flat-field pattern of a few per cent of the sky) then does not enter the flux; the
+        error grows by only ~3% (a 29 px stamp against a PSF of ~50 effective pixels).
+        Rubin's ``PsfFlux`` has no local sky.
+    psf_error_chi2_scale : bool
+        Multiply ``psf_instflux_err`` by ``sqrt(psf_chi2)`` when the fit's reduced chi^2
+        exceeds 1 (default True): the mismatch between the PSF model and a bright star's
+        profile (model noise, a profile the model's spatial polynomial does not follow) is an
+        error the photon noise leaves out. On a star-rich simulated CCD the S/N > 100 stars
+        had chi^2/dof up to 3.6 and pulls with a standard deviation of 1.2 without it. A
+        faint star's chi^2 scatters about 1 by ~0.05, which moves its error by ~1%.
     psf_bad_mask_planes : tuple of str
         Pixels excluded from the PSF fit.
     psf_max_masked_fraction : float
@@ -87,6 +101,11 @@ class MeasurementConfig(TaskConfig):
         this fraction of the PSF model's flux. Default 0.3.
     aperture_bad_mask_planes : tuple of str
         Pixels counted as 0 (background) in the aperture sum.
+    local_sky_annulus : tuple of float
+        Inner and outer radius (px) of the annulus whose mean is subtracted from the aperture
+        sum in ``ap_local_instflux`` (the flux the aperture correction is measured on, where a
+        residual sky of a few counts per pixel over the 452 px of a 12 px aperture would
+        otherwise dominate the star-to-star scatter). ``()`` skips it.
     measure_moments, measure_aperture, measure_psf_flux : bool
         Which measurements to make (all by default). A second pass after the PSF model has
         been fitted needs only ``measure_psf_flux``: the centroids, shapes and aperture fluxes
@@ -98,9 +117,12 @@ class MeasurementConfig(TaskConfig):
     moments_max_iter: int = 30
     moments_tolerance: float = 1e-4
     psf_flux_weighting: str = "uniform"
+    psf_fit_local_sky: bool = False
+    psf_error_chi2_scale: bool = True
     psf_bad_mask_planes: tuple[str, ...] = ("BAD", "SAT", "CR", "NO_DATA")
     psf_max_masked_fraction: float = 0.3
     aperture_bad_mask_planes: tuple[str, ...] = ("BAD", "NO_DATA")
+    local_sky_annulus: tuple[float, ...] = (16.0, 26.0)
     measure_moments: bool = True
     measure_aperture: bool = True
     measure_psf_flux: bool = True
@@ -115,6 +137,12 @@ class MeasurementConfig(TaskConfig):
         if not 0 <= self.psf_max_masked_fraction <= 1:
             raise ConfigError("psf_max_masked_fraction must be in [0, 1]")
         MaskPlanes.bits(*self.psf_bad_mask_planes, *self.aperture_bad_mask_planes)
+        annulus = tuple(self.local_sky_annulus)
+        if annulus and not (len(annulus) == 2 and self.aperture_radius <= annulus[0] < annulus[1]):
+            raise ConfigError(
+                f"local_sky_annulus must be () or (inner, outer) with aperture_radius <= inner "
+                f"< outer, got {annulus}"
+            )
 
 
 @dataclasses.dataclass
@@ -515,14 +543,30 @@ def aperture_flux(
     variance = np.ascontiguousarray(exposure.variance, dtype=np.float32)
     bad = (exposure.mask & MaskPlanes.bits(*config.aperture_bad_mask_planes)) != 0
     # sep ignores masked pixels (they count as 0, the background level after subtraction).
+    mask = bad if bad.any() else None
     flux, err, flag = sep.sum_circle(
-        image, x, y, config.aperture_radius, var=variance, mask=bad if bad.any() else None, subpix=0
+        image, x, y, config.aperture_radius, var=variance, mask=mask, subpix=0
     )
-    return {
+    out = {
         "ap_instflux": np.asarray(flux, np.float64),
         "ap_instflux_err": np.asarray(err, np.float64),
         "flag_aperture_truncated": (np.asarray(flag) & sep.APER_TRUNC) != 0,
     }
+    if config.local_sky_annulus:
+        # sep subtracts the annulus mean times the aperture area and adds its error
+        local, local_err, _ = sep.sum_circle(
+            image,
+            x,
+            y,
+            config.aperture_radius,
+            var=variance,
+            mask=mask,
+            subpix=0,
+            bkgann=tuple(float(r) for r in config.local_sky_annulus),
+        )
+        out["ap_local_instflux"] = np.asarray(local, np.float64)
+        out["ap_local_instflux_err"] = np.asarray(local_err, np.float64)
+    return out
 
 
 def pixel_flags(
@@ -577,15 +621,53 @@ def render_psf_stack(psf: Psf, x: np.ndarray, y: np.ndarray, size: int) -> np.nd
     )
 
 
+def weighted_linear_fit(
+    data: np.ndarray, variance: np.ndarray, weight: np.ndarray, columns: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least squares of ``data ~ sum_k c_k columns[k]`` on every stamp of a stack.
+
+    Parameters
+    ----------
+    data, variance, weight : numpy.ndarray
+        ``(n, h, w)`` stamps; ``weight`` 0 excludes a pixel.
+    columns : list of numpy.ndarray
+        ``(n, h, w)`` model components, the first one the one whose amplitude is returned
+        (e.g. the PSF, then a constant sky).
+
+    Returns
+    -------
+    amplitude, amplitude_err : numpy.ndarray
+        ``(n,)`` coefficient of ``columns[0]`` and its standard error from the variance plane
+        (the sandwich ``(A'WA)^-1 A'WVWA (A'WA)^-1``, right for any weights).
+    fitted : numpy.ndarray
+        ``(n, h, w)`` the fitted model.
+    """
+    design = np.stack(columns, axis=-1).reshape(data.shape[0], -1, len(columns))
+    w = weight.reshape(data.shape[0], -1)
+    normal = np.einsum("npk,np,npl->nkl", design, w, design)
+    meat = np.einsum("npk,np,npl->nkl", design, w * w * variance.reshape(w.shape), design)
+    rhs = np.einsum("npk,np,np->nk", design, w, data.reshape(w.shape))
+    singular = np.abs(np.linalg.det(normal)) <= 0
+    normal[singular] = np.eye(len(columns))
+    inverse = np.linalg.inv(normal)
+    coeffs = np.einsum("nkl,nl->nk", inverse, rhs)
+    covariance = inverse @ meat @ inverse
+    coeffs[singular] = np.nan
+    fitted = np.einsum("npk,nk->np", design, coeffs).reshape(data.shape)
+    return coeffs[:, 0], np.sqrt(covariance[:, 0, 0]), fitted
+
+
 def psf_flux(
     exposure: Exposure, psf: Psf, x: np.ndarray, y: np.ndarray, config: MeasurementConfig
 ) -> dict[str, np.ndarray]:
     """Linear least-squares PSF amplitude at fixed positions.
 
-    The flux is ``sum w P d / sum w P^2`` over the unmasked pixels of the PSF stamp (``P`` the
-    PSF model rendered at (x, y), summing to 1 over its full stamp), its variance
-    ``sum w^2 P^2 V / (sum w P^2)^2`` with ``V`` the variance plane, and ``psf_chi2`` the
-    reduced chi^2 ``sum (d - f P)^2 / V / (n - 1)``.
+    The flux is the amplitude ``f`` of ``d ~ f P (+ s)`` over the unmasked pixels of the PSF
+    stamp (``P`` the PSF model rendered at (x, y), summing to 1 over its full stamp; ``s`` a
+    constant local sky when ``config.psf_fit_local_sky``), fitted with weights ``w``; its
+    error is propagated from the variance plane ``V`` (:func:`weighted_linear_fit`) and, with
+    ``config.psf_error_chi2_scale``, multiplied by ``sqrt(psf_chi2)`` when that exceeds 1;
+    ``psf_chi2`` is the reduced chi^2 ``sum (d - model)^2 / V / (n - n_parameters)``.
 
     Returns
     -------
@@ -610,14 +692,16 @@ def psf_flux(
         weight = np.where(valid, 1.0 / variance, 0.0)
     else:
         weight = valid.astype(np.float64)
-    wp = weight * model
-    norm = (wp * model).sum(axis=(1, 2))
+    columns = [model, valid.astype(np.float64)] if config.psf_fit_local_sky else [model]
     with np.errstate(invalid="ignore", divide="ignore"):
-        flux = (wp * data).sum(axis=(1, 2)) / norm
-        flux_err = np.sqrt((wp * wp * variance).sum(axis=(1, 2))) / norm
-        residual = np.where(valid, data - flux[:, None, None] * model, 0.0)
+        flux, flux_err, fitted = weighted_linear_fit(data, variance, weight, columns)
+        residual = np.where(valid, data - fitted, 0.0)
         npix = valid.sum(axis=(1, 2))
-        chi2 = (residual * residual / variance).sum(axis=(1, 2)) / np.maximum(npix - 1, 1)
+        dof = np.maximum(npix - len(columns), 1)
+        chi2 = (residual * residual / variance).sum(axis=(1, 2)) / dof
+    if config.psf_error_chi2_scale:
+        flux_err = flux_err * np.sqrt(np.maximum(chi2, 1.0))
+    norm = (weight * model * model).sum(axis=(1, 2))
     masked_fraction = np.where(valid, 0.0, model).sum(axis=(1, 2))
     failed = (norm <= 0) | ~np.isfinite(flux) | (masked_fraction > config.psf_max_masked_fraction)
     return {

@@ -23,6 +23,7 @@ per-pixel noise (sky plus read noise, counts) and ``g`` the gain; ``mag_lim = zp
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -107,6 +108,46 @@ class SummaryStatsConfig(TaskConfig):
     )
     max_effective_transparency: float = math.inf
 
+    def updated(self, **overrides: Any) -> SummaryStatsConfig:
+        """Copy with fields replaced; the per-band dicts take ``field.band`` keys.
+
+        ``--config calibrate.summary.fiducial_zero_point.r=26.6`` sets one band (a string value
+        is converted to float); ``fiducial_zero_point={"r": 26.6}`` (a mapping, or its JSON
+        text from the command line) sets the bands it names and keeps the others.
+
+        Raises
+        ------
+        ConfigError
+            On an unknown field, a dotted key of a field that is not a dict, or a value that
+            does not convert.
+        """
+        plain: dict[str, Any] = {}
+        dicts: dict[str, dict[str, float]] = {}
+        for key, value in overrides.items():
+            head, dot, band = key.partition(".")
+            current = getattr(self, head, None)
+            if not isinstance(current, dict):
+                if dot:
+                    raise ConfigError(f"SummaryStatsConfig.{head} is not a per-band dict")
+                plain[key] = value
+                continue
+            entries = dicts.setdefault(head, dict(current))
+            if dot:
+                entries[band] = _band_value(key, value)
+            else:
+                if isinstance(value, str):
+                    try:
+                        value = json.loads(value)
+                    except json.JSONDecodeError:
+                        raise ConfigError(
+                            f"SummaryStatsConfig.{key}: {value!r} is not a JSON object"
+                        ) from None
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"SummaryStatsConfig.{key} needs a mapping of band -> value")
+                entries.update({str(b): _band_value(f"{key}.{b}", v) for b, v in value.items()})
+        new = super().updated(**plain)
+        return dataclasses.replace(new, **dicts) if dicts else new
+
     def validate(self) -> None:
         """Reject values the statistics cannot use."""
         if not (self.sigma_clip > 0 and self.snr_limit > 0 and self.gain > 0):
@@ -114,6 +155,13 @@ class SummaryStatsConfig(TaskConfig):
         if self.max_pixels < 1:
             raise ConfigError("SummaryStatsConfig.max_pixels must be >= 1")
         MaskPlanes.bits(*self.bad_mask_planes)  # raises on an unknown plane name
+
+
+def _band_value(key: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"SummaryStatsConfig.{key}: cannot convert {value!r} to float") from None
 
 
 @dataclasses.dataclass

@@ -147,3 +147,19 @@ def test_full_chain_on_a_4k_ccd_with_5000_stars_is_fast_and_accurate():
         for y in (0, 2048, 4095):
             assert psf.fwhm_at(x, y) == pytest.approx(field.psf.fwhm_at(x, y), rel=0.02)
     assert result.psf.reserved_chi2_dof == pytest.approx(1.0, abs=0.2)
+
+
+def test_model_aperture_correction_is_the_models_light_inside_the_aperture():
+    from apflow.core import MoffatPsf
+    from apflow.tasks.calibrate.apcorr import model_aperture_correction
+
+    psf = MoffatPsf(fwhm=4.0, beta=3.5)
+    apcorr = model_aperture_correction(psf, 1024, 1024, 12.0, error=0.003)
+    value, error = apcorr.evaluate([0.0, 511.5, 1023.0], [0.0, 511.5, 1023.0])
+    # the stamp psf_flux fits: 5 FWHM each side; the 12 px circle holds 99.4% of its light
+    stamp = psf.compute_kernel_image(0.0, 0.0, psf.default_size())
+    yy, xx = np.mgrid[: stamp.shape[0], : stamp.shape[1]] - stamp.shape[0] // 2
+    inside = stamp[np.hypot(xx, yy) < 11.5].sum()  # the pixels fully inside
+    assert inside < value[1] < 1.0 and value[1] == pytest.approx(0.994, abs=0.002)
+    assert np.allclose(value, value[1]) and np.allclose(error, 0.003)
+    assert apcorr.n_stars == 0

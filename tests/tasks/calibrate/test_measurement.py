@@ -144,3 +144,30 @@ def test_cut_stamps_pads_outside_the_image():
     stamps, inside = cut_stamps(image, np.array([0, 2]), np.array([0, 2]), half=1, fill=-1)
     assert stamps[0].tolist() == [[-1, -1, -1], [-1, 0, 1], [-1, 5, 6]]
     assert np.array_equal(stamps[1], image[1:4, 1:4]) and inside[1].all()
+
+
+def test_psf_flux_with_a_local_sky_ignores_a_residual_sky_offset():
+    """A star on a sky 20 counts above the subtracted background (an unmodelled pattern)."""
+    psf = GaussianPsf(fwhm=4.0)
+    rng = np.random.default_rng(5)
+    size, flux, offset = 101, 20_000.0, 20.0
+    image = np.full((size, size), offset) + flux * np.pad(psf.compute_image(50, 50, 41), 30)
+    variance = np.full((size, size), 1000.0) + image
+    image = image + rng.normal(0.0, np.sqrt(variance))
+    exposure = Exposure(
+        image=image.astype(np.float32),
+        mask=np.zeros((size, size), np.int32),
+        variance=variance.astype(np.float32),
+        psf=psf,
+    )
+    sources = pd.DataFrame({"x": [50.0], "y": [50.0]})
+    only_psf = {"measure_moments": False, "measure_aperture": False, "psf_error_chi2_scale": False}
+    plain = MeasureStarsTask(MeasurementConfig(**only_psf)).run(exposure, sources).stars
+    local = MeasureStarsTask(MeasurementConfig(psf_fit_local_sky=True, **only_psf))
+    local = local.run(exposure, sources).stars
+    # without a sky term the offset adds ~n_eff x 20 counts (n_eff = 4 pi sigma^2 ~ 36 px)
+    assert plain["psf_instflux"][0] - flux > 3 * plain["psf_instflux_err"][0]
+    assert abs(local["psf_instflux"][0] - flux) < 3 * local["psf_instflux_err"][0]
+    # the free sky costs a little precision, not much
+    ratio = local["psf_instflux_err"][0] / plain["psf_instflux_err"][0]
+    assert 1.0 < ratio < 1.15

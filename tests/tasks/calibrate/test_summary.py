@@ -135,3 +135,22 @@ def test_missing_calibrations_give_none():
         assert stats[key] is None
     assert stats["ra_corners"] == [None] * 4
     assert stats["n_psf_star"] == 0
+
+
+def test_per_band_fiducials_are_settable_from_the_command_line():
+    from apflow.errors import ConfigError
+    from apflow.tasks.calibrate import CalibrateImageConfig
+
+    config = CalibrateImageConfig().updated(
+        **{
+            "summary.fiducial_zero_point.r": "26.6",
+            "summary.fiducial_psf_sigma": '{"g": 1.9}',
+        }
+    )
+    assert config.summary.fiducial_zero_point["r"] == 26.6
+    assert config.summary.fiducial_zero_point["g"] == SummaryStatsConfig().fiducial_zero_point["g"]
+    assert config.summary.fiducial_psf_sigma["g"] == 1.9
+    with pytest.raises(ConfigError, match="float"):
+        CalibrateImageConfig().updated(**{"summary.fiducial_zero_point.r": "bright"})
+    with pytest.raises(ConfigError, match="per-band"):
+        CalibrateImageConfig().updated(**{"summary.gain.r": "2"})

@@ -1,5 +1,6 @@
-"""PSF determination (step 4 of calibrate): star selection, pixel-basis model, task."""
+"""PSF determination (step 4 of calibrate): star selection, pixel-basis or Moffat model, task."""
 
+from .analytic import fit_moffat_psf
 from .determiner import PsfModelConfig, PsfModelResult, PsfModelTask, fit_pixel_psf
 from .pixel_psf import PixelPsf, fourier_shift, half_maximum_fwhm, polynomial_terms
 from .selection import select_psf_candidates
@@ -9,6 +10,7 @@ __all__ = [
     "PsfModelConfig",
     "PsfModelResult",
     "PsfModelTask",
+    "fit_moffat_psf",
     "fit_pixel_psf",
     "fourier_shift",
     "half_maximum_fwhm",
