@@ -7,8 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# The workflows the demo runs, in order; each is a file in workflows/.
-DEMO_WORKFLOWS: tuple[str, ...] = ("sky_frame", "forced_phot")
+# The workflows the demo runs, in order (each is a file in workflows/), with the data ids each
+# runs on: the night's processing takes the first visits only, to keep the demo to minutes.
+DEMO_WORKFLOWS: tuple[tuple[str, str | None], ...] = (
+    ("sky_frame", None),
+    ("forced_phot", None),
+    ("nightly", "visit <= 4"),
+)
 
 
 def run_demo(
@@ -62,13 +67,34 @@ def run_demo(
     with connect(workers=workers) as connection:
         if connection.dashboard:
             echo(f"Dask dashboard: {connection.dashboard}")
-        for workflow in DEMO_WORKFLOWS:
-            echo(f"\n== workflow {workflow} ==")
-            summary = run(workflow, repo, client=connection.client)
+        for workflow, where in DEMO_WORKFLOWS:
+            echo(f"\n== workflow {workflow}{f' (where {where})' if where else ''} ==")
+            summary = run(workflow, repo, where=where, client=connection.client)
             echo(summary.as_table())
             status |= 0 if summary.ok else 1
     echo("\nrepository contents:")
     for name in repo.dataset_types():
         echo(f"  {name:<22} {len(repo.data_ids(name)):>5}")
+    _report_alerts(repo, echo)
     echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s; data in {url}")
     return status
+
+
+def _report_alerts(repo: Any, echo: Callable[[str], Any]) -> None:
+    """How many alerts the night produced and where they are."""
+    from .io.alerts import read_alerts
+
+    ids = repo.data_ids("alerts") if "alerts" in repo.dataset_types() else []
+    if not ids:
+        echo("\nno alerts were produced")
+        return
+    n_alerts = n_sso = 0
+    for data_id in ids:
+        alerts = read_alerts(repo.get("alerts", **data_id))
+        n_alerts += len(alerts)
+        n_sso += sum(1 for a in alerts if a.get("ssSource"))
+    first = repo.uri("alerts", **ids[0])
+    echo(
+        f"\n{n_alerts} alerts ({n_sso} of known asteroids) in {len(ids)} Avro files under "
+        f"{first.rsplit('/alerts/', 1)[0]}/alerts/\n  read one:  apflow alerts read {first}"
+    )
