@@ -11,7 +11,10 @@ task                           quantum             inputs
 :class:`SkyMeasurementTask`    visit, detector     ``exposure``, ``focal_plane_background`` + ``detector``
 :class:`SkyCombineTask`        detector            ``residual_skies`` (gathered over visits)
 :class:`SkyCameraTask`         (none)              ``sky_frames`` (gathered) + ``camera``
-:class:`SkyFrameScaleTask`     visit               ``residual_skies``, ``sky_frames`` (gathered)
+:class:`SkyFrameSamplesTask`   visit, detector     ``exposure``, ``focal_plane_background``,
+                                                   ``sky_frame`` + ``detector``
+:class:`SkyFrameScaleTask`     visit               ``residual_skies`` (gathered samples; or
+                                                   residuals + ``sky_frames``)
 :class:`SubtractSkyFrameTask`  visit, detector     ``exposure``, ``sky_frame``, ``sky_scale``,
                                                    ``focal_plane_background`` + ``detector``
 :class:`SkyCorrectionTask`     visit (in memory)   ``exposures``, ``sky_frames`` + ``camera``
@@ -24,6 +27,7 @@ The plain functions underneath (:func:`clipped_stats`, :func:`binned_clipped_sta
 
 from .combine import SkyCombineConfig, SkyCombineResult, SkyCombineTask, combine_residual_skies
 from .correct import (
+    SkyFrameSamplesTask,
     SkyFrameScaleConfig,
     SkyFrameScaleFit,
     SkyFrameScaleResult,
@@ -32,6 +36,7 @@ from .correct import (
     SubtractSkyFrameResult,
     SubtractSkyFrameTask,
     fit_sky_frame_scale,
+    sample_sky_frame,
     subtract_sky_frame,
 )
 from .focal_plane import (
@@ -90,6 +95,7 @@ __all__ = [
     "SkyCorrectionConfig",
     "SkyCorrectionResult",
     "SkyCorrectionTask",
+    "SkyFrameSamplesTask",
     "SkyFrameScaleConfig",
     "SkyFrameScaleFit",
     "SkyFrameScaleResult",
@@ -115,6 +121,7 @@ __all__ = [
     "measure_focal_plane_partial",
     "merge_partials",
     "render_sky_camera_png",
+    "sample_sky_frame",
     "sky_camera_mosaic",
     "subtract_sky_frame",
     "upsample_bins",

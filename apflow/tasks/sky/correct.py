@@ -9,9 +9,13 @@ then gets ``image -= s x frame x N`` where ``N`` is what the frame was normalise
 focal-plane model at each pixel (``normalization="local"``, the default) or the visit scale
 (Rubin's convention). ``s`` is close to 1 when the frame describes the visit.
 
-Entry points: :func:`fit_sky_frame_scale` / :func:`subtract_sky_frame` on arrays, and the
-per-visit :class:`SkyFrameScaleTask` and per-CCD :class:`SubtractSkyFrameTask` for a workflow
-(:class:`~apflow.tasks.sky.sky_correction.SkyCorrectionTask` chains them for a visit in memory).
+Entry points: :func:`fit_sky_frame_scale` / :func:`subtract_sky_frame` on arrays, and for a
+workflow (``workflows/sky_correct.yaml``) the per-CCD :class:`SkyFrameSamplesTask` (the residual
+and the sky frame on the same bins), the per-visit :class:`SkyFrameScaleTask` and the per-CCD
+:class:`SubtractSkyFrameTask`; :class:`~apflow.tasks.sky.sky_correction.SkyCorrectionTask` chains
+them for a visit in memory. The samples stage exists because a per-visit stage cannot gather the
+per-detector sky frames (their data ids have no visit): each CCD pairs its residual with its own
+detector's frame, and the visit's fit gathers the pairs.
 """
 
 from __future__ import annotations
@@ -31,18 +35,20 @@ from .bundle import ArrayBundle, as_bundle
 from .combine import SKY_FRAME_BINNED_KIND
 from .focal_plane_model import MODEL_KIND, evaluate_focal_plane_background
 from .interpolate import upsample_bins
-from .measure import RESIDUAL_KIND
+from .measure import RESIDUAL_KIND, SkyMeasurementResult, SkyMeasurementTask
 from .stats import binned_clipped_stats
 
 __all__ = [
     "SkyFrameScaleConfig",
     "SkyFrameScaleFit",
     "SkyFrameScaleResult",
+    "SkyFrameSamplesTask",
     "SkyFrameScaleTask",
     "SubtractSkyFrameConfig",
     "SubtractSkyFrameResult",
     "SubtractSkyFrameTask",
     "fit_sky_frame_scale",
+    "sample_sky_frame",
     "subtract_sky_frame",
 ]
 
@@ -205,48 +211,47 @@ class SkyFrameScaleTask(Task):
     config: SkyFrameScaleConfig
 
     def run(
-        self, residual_skies: list[ArrayBundle], sky_frames: list[Exposure | ArrayBundle]
+        self,
+        residual_skies: list[ArrayBundle],
+        sky_frames: list[Exposure | ArrayBundle] | None = None,
     ) -> SkyFrameScaleResult:
         """Pair each CCD's residual with its detector's sky frame and fit the scale.
 
         Parameters
         ----------
         residual_skies : list of ArrayBundle
-            Gathered :class:`SkyMeasurementTask` outputs of the visit's CCDs.
-        sky_frames : list of Exposure or ArrayBundle
-            Gathered sky frames (full ``sky_frame`` exposures or ``sky_frame_binned`` bundles);
-            detectors without a residual are ignored, residuals without a frame are skipped.
+            The visit's CCDs: :class:`SkyFrameSamplesTask` outputs (residual and frame on the
+            same bins) or, with ``sky_frames``, plain :class:`SkyMeasurementTask` outputs.
+        sky_frames : list of Exposure or ArrayBundle, optional
+            Sky frames (full ``sky_frame`` exposures or ``sky_frame_binned`` bundles) to pair
+            with the residuals by detector; detectors without a residual are ignored,
+            residuals without a frame are left out with a warning. Default: use the frame
+            samples each residual carries.
 
         Raises
         ------
         TaskError
-            If no CCD has both, or the fit fails.
+            If no CCD has both, a residual has no frame samples (without ``sky_frames``), or
+            the fit fails.
         """
-        frames, frame_attrs = {}, {}
-        for frame in sky_frames:
-            det_id, binned = _binned_frame(frame)
-            frames[det_id] = binned
-            frame_attrs[det_id] = frame.metadata if isinstance(frame, Exposure) else frame.attrs
+        frames = None if sky_frames is None else {frame_detector(f): f for f in sky_frames}
         residuals, paired, detectors, visits = [], [], [], set()
         for item in residual_skies:
             bundle = as_bundle(item, RESIDUAL_KIND, ("sky",))
             det_id = int(bundle.attrs["detector"])
             visits.add(bundle.attrs.get("visit"))
-            if det_id in frame_attrs:
-                _check_same(bundle.attrs, frame_attrs[det_id], det_id)
-            if det_id not in frames:
+            if frames is None:
+                if "frame" not in bundle.arrays:
+                    raise TaskError(
+                        f"detector {det_id}: residual sky without sky-frame samples; give "
+                        "sky_frames or measure it with SkyFrameSamplesTask"
+                    )
+                frame_values = np.asarray(bundle["frame"])
+            elif det_id in frames:
+                frame_values = sample_sky_frame(frames[det_id], bundle)
+            else:
                 _log.warning("detector %s has no sky frame: left out of the scale fit", det_id)
                 continue
-            frame_bin, frame_values = frames[det_id]
-            if frame_bin is not None and frame_bin != int(bundle.attrs["bin_size"]):
-                raise TaskError(
-                    f"detector {det_id}: sky frame bins of {frame_bin} px, residual bins of "
-                    f"{bundle.attrs['bin_size']} px"
-                )
-            if frame_bin is None:  # a full-resolution frame: bin it like the residual
-                frame_values = binned_clipped_stats(
-                    frame_values, None, int(bundle.attrs["bin_size"]), n_iter=0
-                ).mean
             residuals.append(np.asarray(bundle["sky"]))
             paired.append(frame_values)
             detectors.append(det_id)
@@ -264,6 +269,86 @@ class SkyFrameScaleTask(Task):
                 "detectors": detectors,
             }
         )
+
+
+class SkyFrameSamplesTask(SkyMeasurementTask):
+    """The residual sky of a science CCD plus its detector's sky frame on the same bins.
+
+    Same configuration and measurement as :class:`SkyMeasurementTask` (use the one the sky
+    frames were built with); the output bundle gains an array ``frame``, the sky frame's values
+    on the residual's bins, which is all :class:`SkyFrameScaleTask` needs from the frame.
+    """
+
+    def run(  # type: ignore[override]
+        self,
+        exposure: Exposure,
+        focal_plane_background: ArrayBundle,
+        sky_frame: Exposure | ArrayBundle,
+        detector: Detector,
+    ) -> SkyMeasurementResult:
+        """Measure the binned residual sky and sample the sky frame on its bins.
+
+        Parameters
+        ----------
+        exposure : Exposure
+            Object-masked science exposure of this (visit, detector).
+        focal_plane_background : ArrayBundle
+            The visit's focal-plane model (a broadcast input).
+        sky_frame : Exposure or ArrayBundle
+            This detector's sky frame, full or binned (a broadcast input).
+        detector : Detector
+            Context parameter.
+
+        Raises
+        ------
+        TaskError
+            If the frame is of another detector, filter or normalisation, or binned otherwise.
+        """
+        if frame_detector(sky_frame) != detector.id:
+            raise TaskError(
+                f"detector {detector.id}: given the sky frame of detector "
+                f"{frame_detector(sky_frame)}"
+            )
+        residual = super().run(exposure, focal_plane_background, detector).residual_sky
+        frame = sample_sky_frame(sky_frame, residual).astype(np.float32)
+        return SkyMeasurementResult(
+            ArrayBundle({**residual.arrays, "frame": frame}, dict(residual.attrs))
+        )
+
+
+def sample_sky_frame(frame: Exposure | ArrayBundle, residual: ArrayBundle) -> np.ndarray:
+    """A sky frame's values on the bins of a residual sky of the same detector.
+
+    Parameters
+    ----------
+    frame : Exposure or ArrayBundle
+        Full-resolution ``sky_frame`` (binned here with plain means) or ``sky_frame_binned``
+        (used as it is; its bins must be the residual's).
+    residual : ArrayBundle
+        A :class:`SkyMeasurementTask` output.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, the residual's bin grid.
+
+    Raises
+    ------
+    TaskError
+        If the two differ in physical filter, normalisation or bin size.
+    """
+    det_id = int(residual.attrs["detector"])
+    frame_attrs = frame.metadata if isinstance(frame, Exposure) else frame.attrs
+    _check_same(residual.attrs, frame_attrs, det_id)
+    bin_size = int(residual.attrs["bin_size"])
+    frame_bin, values = _binned_frame(frame)
+    if frame_bin is None:  # a full-resolution frame: bin it like the residual
+        return binned_clipped_stats(values, None, bin_size, n_iter=0).mean
+    if frame_bin != bin_size:
+        raise TaskError(
+            f"detector {det_id}: sky frame bins of {frame_bin} px, residual bins of {bin_size} px"
+        )
+    return np.asarray(values, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,13 +451,12 @@ def frame_detector(frame: Exposure | ArrayBundle) -> int:
     return int(det)
 
 
-def _binned_frame(frame: Exposure | ArrayBundle) -> tuple[int, tuple[int | None, np.ndarray]]:
-    """Detector id and (bin size or None for full resolution, values) of a sky frame."""
-    det_id = frame_detector(frame)
+def _binned_frame(frame: Exposure | ArrayBundle) -> tuple[int | None, np.ndarray]:
+    """Bin size (None for a full-resolution frame) and values of a sky frame."""
     if isinstance(frame, Exposure):
-        return det_id, (None, frame.image)
+        return None, frame.image
     bundle = as_bundle(frame, SKY_FRAME_BINNED_KIND, ("sky",))
-    return det_id, (int(bundle.attrs["bin_size"]), np.asarray(bundle["sky"]))
+    return int(bundle.attrs["bin_size"]), np.asarray(bundle["sky"])
 
 
 def _full_frame(frame: Exposure | ArrayBundle, shape: tuple[int, int]) -> np.ndarray:

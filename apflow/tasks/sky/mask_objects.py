@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse
+from astropy.stats import mad_std
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
 from ...core import Exposure, MaskPlanes
@@ -271,11 +272,12 @@ def detect_objects(
 
 
 def _robust_std(values: np.ndarray, where: np.ndarray) -> float:
-    """1.4826 x MAD of ``values[where]`` on every 4th row (objects in the tail barely move it)."""
+    """Robust sigma (1.4826 x MAD) of ``values[where]`` on every 4th row (objects in the tail
+    barely move it)."""
     sample = values[::4][where[::4]]
     if sample.size == 0:
         return 0.0
-    return 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    return float(mad_std(sample))
 
 
 def _bin_lengths(n: int, bin_size: int) -> np.ndarray:
@@ -330,8 +332,7 @@ def _pixel_noise(image: np.ndarray, usable: np.ndarray, variance: np.ndarray | N
     diff = diff[both]
     if diff.size == 0:
         raise TaskError("no pair of usable neighbouring pixels to estimate the noise")
-    mad = np.median(np.abs(diff - np.median(diff)))
-    noise = 1.4826 * float(mad) / np.sqrt(2.0)
+    noise = float(mad_std(diff)) / np.sqrt(2.0)
     if not noise > 0:
         raise TaskError(f"image noise estimate is {noise}: cannot set a detection threshold")
     return noise

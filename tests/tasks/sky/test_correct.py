@@ -10,7 +10,10 @@ import pytest
 from apflow.core import VisitInfo
 from apflow.errors import TaskError
 from apflow.tasks.sky import (
+    MaskObjectsTask,
     SkyCorrectionTask,
+    SkyFrameSamplesTask,
+    SkyFrameScaleTask,
     SkyMeasurementTask,
     SubtractSkyFrameTask,
     fit_sky_frame_scale,
@@ -101,3 +104,49 @@ def test_the_binned_frame_gives_the_same_correction_as_the_full_one(
         exposure=exposure, sky_frame=sky_pipeline.frames[4].sky_frame_binned, **common
     )
     assert np.allclose(full.exposure.image, binned.exposure.image, atol=1e-2)
+
+
+def test_stagewise_correction_with_frame_samples_equals_the_in_memory_chain(
+    sky_pipeline, science_visit, corrected
+) -> None:
+    # the sky_correct workflow's path: per-CCD samples, one per-visit fit from them alone
+    camera = sky_pipeline.data.camera
+    masked = [MaskObjectsTask().run(exposure=e).exposure for e in science_visit]
+    samples = [
+        SkyFrameSamplesTask()
+        .run(
+            exposure=e,
+            focal_plane_background=corrected.focal_plane_background,
+            sky_frame=sky_pipeline.frames[e.detector].sky_frame_binned,
+            detector=camera[e.detector],
+        )
+        .residual_sky
+        for e in masked
+    ]
+    for sample, residual in zip(samples, corrected.residual_skies, strict=True):
+        assert np.array_equal(sample["sky"], residual["sky"], equal_nan=True)
+        frame = sky_pipeline.frames[sample.attrs["detector"]].sky_frame_binned["sky"]
+        assert np.array_equal(sample["frame"], frame)
+    scale = SkyFrameScaleTask().run(residual_skies=samples).sky_scale
+    # the in-memory chain bins the full-resolution frames: equal to float32 rounding
+    assert scale["scale"] == pytest.approx(corrected.sky_scale["scale"], rel=1e-6)
+    for key in ("n_bins", "n_total", "visit", "detectors"):
+        assert scale[key] == corrected.sky_scale[key], key
+
+
+def test_samples_of_another_detector_s_frame_are_refused(
+    sky_pipeline, science_visit, corrected
+) -> None:
+    camera = sky_pipeline.data.camera
+    with pytest.raises(TaskError, match="detector 4: given the sky frame of detector 3"):
+        SkyFrameSamplesTask().run(
+            exposure=science_visit[4],
+            focal_plane_background=corrected.focal_plane_background,
+            sky_frame=sky_pipeline.frames[3].sky_frame_binned,
+            detector=camera[4],
+        )
+
+
+def test_scale_fit_without_frames_needs_frame_samples(corrected) -> None:
+    with pytest.raises(TaskError, match="detector 0: residual sky without sky-frame samples"):
+        SkyFrameScaleTask().run(residual_skies=corrected.residual_skies)
