@@ -12,10 +12,19 @@ How it is vectorised: each sample (a bin of pixels, or a pixel across visits) is
 sorted once; a symmetric clip of sorted values keeps a contiguous index range, so every pass is a
 binary search per row (all rows at once) and the sums over the kept range are updated by adding and
 removing only the values that enter or leave it. There is no Python loop over rows.
+
+Short rows (a bin across visits: 8-64 values) are dominated by that machinery's per-pass numpy
+calls rather than by arithmetic, so when numba is installed they take a compiled per-row kernel
+(:func:`_clip_short_rows`): insertion sort, then the same passes, bounds and final selection as
+above, with two-pass float64 moments (equal to the vectorised path to round-off). Without numba
+the vectorised path serves every row length.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +34,10 @@ __all__ = ["ClippedStats", "binned_clipped_stats", "binned_median", "clipped_sta
 #: Rows up to this length (a pixel across visits) are counted directly, longer ones (a bin's
 #: pixels) binary-searched.
 _DIRECT_COUNT_MAX = 64
+
+#: Rows up to this length take the compiled kernel when numba is installed (insertion sort is
+#: quadratic, and long rows are what the vectorised path is built for).
+_KERNEL_ROW_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -56,30 +69,83 @@ class ClippedStats:
     upper: np.ndarray
 
 
-def clipped_stats(values: np.ndarray, nsigma: float = 3.0, n_iter: int = 3) -> ClippedStats:
-    """Sigma-clipped statistics along the last axis, ignoring NaN.
+def clipped_stats(
+    values: np.ndarray,
+    nsigma: float = 3.0,
+    n_iter: int = 3,
+    axis: int = -1,
+    backend: str = "auto",
+) -> ClippedStats:
+    """Sigma-clipped statistics along one axis, ignoring NaN.
 
     Parameters
     ----------
     values : numpy.ndarray
-        ``(..., n)`` float array; each ``values[i, ..., :]`` is one sample. NaN (or inf) marks a
-        value to ignore (masked pixel, missing visit). Computed in the input's float precision
-        for the sort, and in float64 for the sums.
+        Float array; each 1-D slice along ``axis`` is one sample (e.g. ``(ny, nx, n_visits)``
+        with ``axis=-1``, or ``(n_visits, n_bins)`` with ``axis=0``). NaN (or inf) marks a
+        value to ignore (masked pixel, missing visit). Sorted in the input's float precision;
+        sums and bounds in float64.
     nsigma : float
         Clipping half-width in standard deviations (both sides).
     n_iter : int
         Maximum number of clipping passes (astropy's ``maxiters``); 0 gives the plain mean.
+    axis : int
+        The axis holding each sample's values. Default: the last.
+    backend : {"auto", "numba", "numpy"}
+        ``"auto"`` runs samples of up to 64 values through the compiled kernel when numba is
+        installed and longer ones through the vectorised numpy path; the two agree to round-off.
 
     Returns
     -------
     ClippedStats
-        Arrays of shape ``values.shape[:-1]``.
+        Arrays of ``values``' shape without ``axis``.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown backend, or ``backend="numba"`` without numba.
     """
     values = np.asarray(values)
     if not np.issubdtype(values.dtype, np.floating):
         values = values.astype(np.float64)
-    rows = np.array(values.reshape(-1, values.shape[-1]), copy=True)
-    return _clipped_rows(rows, values.shape[:-1], nsigma, n_iter)
+    values = np.moveaxis(values, axis, -1)
+    lead_shape = values.shape[:-1]
+    flat = values.reshape(-1, values.shape[-1])  # a view whenever the layout allows
+    if _use_kernel(backend, flat.shape[1]):
+        return _clipped_rows_kernel(flat, lead_shape, nsigma, n_iter)
+    return _clipped_rows(np.array(flat, copy=True), lead_shape, nsigma, n_iter)
+
+
+def numba_available() -> bool:
+    """Whether the compiled short-row kernel can be used (``numba`` importable)."""
+    try:
+        _short_row_kernel()
+    except ImportError:
+        return False
+    return True
+
+
+def _use_kernel(backend: str, row_length: int) -> bool:
+    """Whether rows of this length go through the compiled kernel."""
+    from ...errors import ConfigError
+
+    if backend not in ("auto", "numba", "numpy"):
+        raise ConfigError(f"clipped_stats: unknown backend {backend!r} (auto, numba, numpy)")
+    if backend == "numpy":
+        return False
+    if backend == "numba":
+        if not numba_available():
+            raise ConfigError("clipped_stats: backend 'numba' requested but numba is not installed")
+        return True
+    return row_length <= _KERNEL_ROW_MAX and numba_available()
+
+
+@functools.cache
+def _short_row_kernel() -> Callable[..., None]:
+    """:func:`_clip_short_rows` compiled (on first call; machine code cached next to the module)."""
+    from numba import njit
+
+    return njit(cache=True, nogil=True)(_clip_short_rows)
 
 
 def _clipped_rows(
@@ -145,6 +211,111 @@ def _clipped_rows(
         lower=lower.reshape(lead_shape),
         upper=upper.reshape(lead_shape),
     )
+
+
+def _clipped_rows_kernel(
+    rows: np.ndarray, lead_shape: tuple[int, ...], nsigma: float, n_iter: int
+) -> ClippedStats:
+    """:func:`clipped_stats` of a 2-D array of rows (read only) by the compiled kernel."""
+    n_rows = rows.shape[0]
+    out = np.empty((5, n_rows), dtype=np.float64)  # mean, median, std, lower, upper
+    counts = np.empty((2, n_rows), dtype=np.int64)  # n_kept, n_good
+    _short_row_kernel()(rows, float(nsigma), int(n_iter), out, counts)
+    mean, median, std, lower, upper = (a.reshape(lead_shape) for a in out)
+    return ClippedStats(
+        mean=mean,
+        median=median,
+        std=std,
+        n_kept=counts[0].reshape(lead_shape),
+        n_good=counts[1].reshape(lead_shape),
+        lower=lower,
+        upper=upper,
+    )
+
+
+def _clip_short_rows(
+    rows: np.ndarray, nsigma: float, n_iter: int, out: np.ndarray, counts: np.ndarray
+) -> None:
+    """Per-row scalar version of :func:`_clipped_rows` (compiled by numba; see the module notes).
+
+    ``out`` receives ``(mean, median, std, lower, upper)`` and ``counts`` ``(n_kept, n_good)``
+    of each row. The sorted good values ``g[0:n_good]`` stay in a buffer; a pass clips the
+    current range ``[lo, hi)`` to ``[max(lo, #{g < lower}), min(hi, #{g <= upper}))`` exactly
+    as the vectorised path, so both keep the same values.
+    """
+    n_rows, n = rows.shape
+    g = np.empty(n, dtype=np.float64)
+    for r in range(n_rows):
+        n_good = 0
+        for j in range(n):
+            x = rows[r, j]
+            if math.isfinite(x):
+                # insertion sort while gathering: rows are a few dozen values at most
+                k = n_good
+                while k > 0 and g[k - 1] > x:
+                    g[k] = g[k - 1]
+                    k -= 1
+                g[k] = x
+                n_good += 1
+        lo = 0
+        hi = n_good
+        lower = -math.inf
+        upper = math.inf
+        for _ in range(n_iter):
+            if hi <= lo:
+                break
+            count = hi - lo
+            center = 0.5 * (g[lo + (count - 1) // 2] + g[lo + count // 2])
+            total = 0.0
+            for j in range(lo, hi):
+                total += g[j]
+            mean = total / count
+            squares = 0.0
+            for j in range(lo, hi):
+                squares += (g[j] - mean) * (g[j] - mean)
+            std = math.sqrt(squares / count)
+            lower = center - nsigma * std
+            upper = center + nsigma * std
+            new_lo = 0
+            while new_lo < n_good and g[new_lo] < lower:
+                new_lo += 1
+            new_hi = n_good
+            while new_hi > 0 and g[new_hi - 1] > upper:
+                new_hi -= 1
+            new_lo = max(lo, new_lo)
+            new_hi = max(min(hi, new_hi), new_lo)
+            if new_lo == lo and new_hi == hi:
+                break
+            lo = new_lo
+            hi = new_hi
+        # like astropy, the last bounds apply to all good values (early rejects may return)
+        lo = 0
+        while lo < n_good and g[lo] < lower:
+            lo += 1
+        hi = n_good
+        while hi > lo and g[hi - 1] > upper:
+            hi -= 1
+        n_kept = hi - lo
+        if n_kept > 0:
+            # the same moments as in a pass (numba cannot call a plain helper), over the result
+            median = 0.5 * (g[lo + (n_kept - 1) // 2] + g[lo + n_kept // 2])
+            total = 0.0
+            for j in range(lo, hi):
+                total += g[j]
+            mean = total / n_kept
+            squares = 0.0
+            for j in range(lo, hi):
+                squares += (g[j] - mean) * (g[j] - mean)
+            std = math.sqrt(squares / n_kept)
+        else:
+            mean = median = std = math.nan
+        out[0, r] = mean
+        out[1, r] = median
+        out[2, r] = std
+        out[3, r] = lower
+        out[4, r] = upper
+        counts[0, r] = n_kept
+        counts[1, r] = n_good
 
 
 def binned_clipped_stats(
