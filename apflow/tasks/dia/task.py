@@ -12,7 +12,9 @@ Steps of :meth:`DetectAndMeasureTask.run`:
    (only flux x separation is measured), so it is not called a dipole.
 3. **Centroids and shapes**: adaptive moments (calibration's measurement) on the difference
    image for positive peaks and on the negated image for negative ones; the lobe midpoint of the
-   dipole fit for dipoles (whose moments are not measured: ``shape_flag``).
+   dipole fit for dipoles (whose moments are not measured: ``shape_flag``). A source with
+   masked pixels (``psf_bad_mask_planes``) within one FWHM of its centroid is re-centred by a
+   PSF fit that leaves them out (:mod:`.centroid`): moments count them as zeros and shift.
 4. **Fluxes at the centroid**: forced PSF flux (:func:`.forced.psf_flux_at`) on the
    difference image (``psfFlux``), the science image (``scienceFlux``) and the warped template
    (``templateFlux``); the 12 px circular aperture flux on the difference image.
@@ -56,6 +58,8 @@ from ...errors import ConfigError, TaskError, format_data_id
 from ..base import Task, TaskConfig
 from ..calibrate.detection import DetectionConfig
 from ..calibrate.measurement import MeasurementConfig, adaptive_moments, aperture_flux
+from ..forced.stamps import extract_stamps
+from .centroid import psf_fit_centroids
 from .detection import DiaDetections, detect_both_signs
 from .dipole import DipoleFit, fit_dipoles
 from .forced import DEFAULT_BAD_MASK_PLANES, PsfFluxAt, psf_flux_at
@@ -108,6 +112,9 @@ class DetectAndMeasureConfig(TaskConfig):
     pixel_flag_radius_fwhm : float
         Footprint pixels within a square of this many FWHMs (half-size) of the centroid are
         examined for the pixel flags.
+    refit_masked_centroids : bool
+        Re-centre sources with masked pixels within one FWHM of their moments centroid by a
+        PSF fit over the good pixels (:mod:`.centroid`). Default True.
     reject_nodata_center : bool
         Drop sources whose central 3x3 pixels hold NO_DATA (or non-finite) pixels: they are
         edges of the template's coverage, not transients. Default True.
@@ -127,6 +134,7 @@ class DetectAndMeasureConfig(TaskConfig):
     aperture_radius: float = 12.0
     aperture_bad_mask_planes: tuple[str, ...] = ("BAD", "NO_DATA")
     pixel_flag_radius_fwhm: float = 3.0
+    refit_masked_centroids: bool = True
     reject_nodata_center: bool = True
 
     def validate(self) -> None:
@@ -321,6 +329,8 @@ class DetectAndMeasureTask(Task):
                 shape[key][rows] = m[key]
             centroid_flag[rows] = m["flag_centroid_failed"]
             shape_flag[rows] = m["flag_shape_failed"]
+        if cfg.refit_masked_centroids and n:
+            self._refit_masked(diff, x, y, shape, centroid_flag, sigma)
 
         # A pair's centroid is the fitted lobes' midpoint, else the midpoint of its peaks.
         fitted = np.isfinite(fit.x) & np.isfinite(fit.y)
@@ -345,6 +355,36 @@ class DetectAndMeasureTask(Task):
             "pair": np.concatenate([np.full(n, -1), np.arange(n_pair)]),
         }
         return sources, fit, int((~fit.success).sum())
+
+    def _refit_masked(
+        self,
+        diff: Exposure,
+        x: np.ndarray,
+        y: np.ndarray,
+        shape: dict[str, np.ndarray],
+        centroid_flag: np.ndarray,
+        sigma: float,
+    ) -> None:
+        """PSF-fit centroids (in place) of the sources with masked pixels in their core."""
+        cfg = self.config
+        bad_bits = MaskPlanes.bits(*cfg.psf_bad_mask_planes)
+        radius = sigma * GAUSSIAN_FWHM_PER_SIGMA
+        half = int(np.ceil(radius))
+        xi, yi = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+        mask = extract_stamps(diff.mask, xi, yi, half, 0)
+        offsets = np.arange(-half, half + 1)
+        core = offsets[None, :] ** 2 + offsets[:, None] ** 2 <= radius**2
+        rows = np.flatnonzero(np.any(((mask & bad_bits) != 0) & core[None], axis=(1, 2)))
+        if rows.size == 0:
+            return
+        fit = psf_fit_centroids(
+            diff, x[rows], y[rows], bad_bits, fit_radius_fwhm=cfg.psf_fit_radius_fwhm
+        )
+        ok = rows[fit.success]
+        x[ok], y[ok] = fit.x[fit.success], fit.y[fit.success]
+        shape["x_err"][ok] = fit.x_err[fit.success]
+        shape["y_err"][ok] = fit.y_err[fit.success]
+        centroid_flag[ok] = False
 
     def _measure(
         self,

@@ -98,7 +98,8 @@ class KernelFit:
     residual_rms, residual_mean : numpy.ndarray
         Normalised residual rms and mean per stamp under the final solution (all stamps).
     spatially_constant_fallback : bool
-        Too few stamps for the requested spatial order: a constant kernel was fitted.
+        Too few stamps for any spatial variation: a constant kernel was fitted although a
+        spatial order above 0 was requested.
     """
 
     solution: KernelSolution
@@ -121,7 +122,24 @@ class FitSettings:
     max_residual_mean: float
     clip_iterations: int
     min_stamps: int
-    min_stamps_spatial: int
+    stamps_per_spatial_term: float
+
+
+def spatial_order_for(n_stamps: int, max_order: int, stamps_per_term: float) -> int:
+    """Highest spatial degree ``<= max_order`` that ``n_stamps`` stamps constrain.
+
+    A degree ``p`` polynomial has ``(p + 1)(p + 2) / 2`` terms per basis function; each stamp
+    pins the kernel at one position only, so the degree is allowed when there are at least
+    ``stamps_per_term`` stamps per term (10 by default: 30 stamps for a linear, 60 for a
+    quadratic variation). Fewer stamps than that let the polynomial swing freely between and
+    beyond them -- on 1k x 1k CCDs with ~30 stamps a quadratic kernel reached 0.6-2.7 times its
+    central sum in the corners.
+    """
+    order = 0
+    for p in range(1, max_order + 1):
+        if n_stamps >= stamps_per_term * (p + 1) * (p + 2) / 2:
+            order = p
+    return order
 
 
 class TooFewStampsError(ValueError):
@@ -224,8 +242,10 @@ def fit_kernel(
                 f"{int(used.sum())} of {n} kernel stamps survive rejection, "
                 f"need {settings.min_stamps}"
             )
-        fallback = used.sum() < settings.min_stamps_spatial
-        solution = _solve_spatial(basis, normal, rhs, x, y, used, width, height, settings, fallback)
+        order = spatial_order_for(
+            int(used.sum()), settings.spatial_order, settings.stamps_per_spatial_term
+        )
+        solution = _solve_spatial(basis, normal, rhs, x, y, used, width, height, settings, order)
         rms, mean = stamp_residuals(
             convolved, reference, weights, _stamp_parameters(solution, x, y)
         )
@@ -233,6 +253,7 @@ def fit_kernel(
         if not bad.any() or iteration == iterations - 1:
             break
         used &= ~bad
+    fallback = solution.spatial_order == 0 < settings.spatial_order
     return KernelFit(solution, used, rms, mean, bool(fallback))
 
 
@@ -290,10 +311,11 @@ def _solve_spatial(
     width: int,
     height: int,
     settings: FitSettings,
-    constant: bool,
+    spatial_order: int,
 ) -> KernelSolution:
-    spatial_order = 0 if constant else settings.spatial_order
-    background_order = 0 if constant or not settings.fit_background else settings.background_order
+    background_order = (
+        0 if not settings.fit_background else min(settings.background_order, spatial_order)
+    )
     nb = basis.size
     sel = np.flatnonzero(used)
     p = poly2d_terms(x[sel], y[sel], width, height, spatial_order)

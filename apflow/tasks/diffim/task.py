@@ -11,10 +11,10 @@ Per (visit, detector) -- Rubin's ``AlardLuptonSubtractTask`` fed by ``GetTemplat
    (warped) template's. Transients stay positive either way.
 3. **Fit the kernel** (:mod:`.candidates`, :mod:`.basis`, :mod:`.kernel_fit`): Alard-Lupton
    basis sized by the matching sigma ``sqrt(sigma_ref^2 - sigma_conv^2)``, spatially varying
-   coefficients and differential background, least squares on candidate stamps with rejection
-   of bad stamps; a fraction of the candidates is held back to judge the fit. Too few stamps for
-   the spatial model: a constant kernel is fitted and ``diffim_kernel_fallback`` is recorded;
-   fewer than ``min_stamps``: TaskError.
+   coefficients (of a degree the number of usable stamps supports) with a constant kernel sum,
+   least squares on candidate stamps with rejection of bad stamps; a fraction of the candidates
+   is held back to judge the fit. Too few stamps for any spatial variation: a constant kernel
+   is fitted and ``diffim_kernel_fallback`` is recorded; fewer than ``min_stamps``: TaskError.
 4. **Convolve and subtract** (:mod:`.convolve`). Variance ``var_sci + K^2 * var_tmpl`` (or
    ``K^2 * var_sci + var_tmpl``), where the warped template enters through its
    uncorrelated-equivalent variance when it is the convolved image (:mod:`.warp`, step 4).
@@ -41,6 +41,7 @@ from ...core import Exposure, MaskPlanes, PhotoCalib, Psf
 from ...core.psf import GAUSSIAN_FWHM_PER_SIGMA
 from ...errors import ConfigError, TaskError, format_data_id
 from ..base import Task, TaskConfig
+from .background import BackgroundSettings, difference_background
 from .basis import alard_lupton_basis, matching_sigmas
 from .candidates import CandidateSettings, select_candidates
 from .convolve import convolve_with_solution, grow_mask
@@ -86,11 +87,40 @@ class SubtractImagesConfig(TaskConfig):
         Degree of the kernel's spatial polynomials (Rubin ``spatialKernelOrder``). Default 2.
     fit_background : bool
         Fit a differential background with the kernel (Rubin ``fitForBackground``; both inputs
-        are background-subtracted). Default False.
+        are background-subtracted). Biased here: the stamps sit on bright stars, where a
+        constant is nearly degenerate with the widest basis functions, so the fit turns any
+        mismatch of the PSF wings into a pedestal that it extrapolates over the CCD (on the
+        simulator the empty-sky mean of ``diff / sigma`` moved from <= 0.004 to 0.01-0.02,
+        i.e. ~0.15 sigma on every PSF flux). ``subtract_background`` measures the background
+        where it is sky instead. Default False.
     spatial_background_order : int
         Degree of the differential background when fitted (Rubin ``spatialBgOrder``). Default 1.
     constant_kernel_sum : bool
-        Hold the kernel sum (photometric scale) constant across the detector. Default False.
+        Hold the kernel sum (photometric scale) constant across the detector: only the
+        flux-carrying basis function's weight has no spatial terms (apflow). Both images are
+        calibrated to nJy, so the scale between them is a constant (the calibration error);
+        a free spatial sum only absorbs noise and, on 1k x 1k CCDs, swung between 0.6 and
+        1.1 of the truth, biasing the flux of every variable by that fraction of its template
+        flux. Default True.
+    subtract_background : bool
+        Measure the difference's residual background in bins with its sources masked and
+        subtract it (:mod:`.background`; apflow, as Rubin's ``DetectAndMeasureTask`` does on the
+        difference). Default True.
+    background_bin_size : int
+        Bin side (pixels) of that background. It follows the difference of the two inputs'
+        large-scale backgrounds (calibration's 128 px bins, the template's coadd sky). Finer
+        bins do not remove a fringe-like sky pattern of ~60 px period (which needs a sky frame
+        before calibration): they alias it and, on the simulator, raised the false DiaSources
+        per 1k x 1k CCD from 2-9 (no background, sky-frame-corrected calexps) to 4-11 (64 px)
+        and 8-20 (32 px), while 128 px left them at 4-8. Default 128.
+    background_mask_threshold : float
+        Pixels whose PSF-matched significance in the difference exceeds this (either sign)
+        are masked before the background is measured. Default 3.0.
+    background_mask_grow_fwhm : float
+        Growth of those pixels and of the static sources' footprints, science FWHM.
+        Default 1.0.
+    background_iterations : int
+        Mask-and-measure passes. Default 2.
     stamp_half_fwhm : float
         Half-side of the fit stamps in units of the larger PSF FWHM (apflow). Default 3.0.
     detection_threshold : float
@@ -118,8 +148,12 @@ class SubtractImagesConfig(TaskConfig):
         Fit-and-reject passes of the spatial model (Rubin ``maxSpatialIterations``). Default 3.
     min_stamps : int
         Fewer usable stamps is an error. Default 3.
-    min_stamps_spatial : int
-        Fewer stamps than this fits a spatially constant kernel instead (apflow). Default 20.
+    stamps_per_spatial_term : float
+        The kernel's spatial degree is the highest (up to ``spatial_kernel_order``) with at
+        least this many usable stamps per polynomial term: 30 stamps for a linear variation,
+        60 for a quadratic one (apflow; Rubin fixes the degree, but its 4k x 4k CCDs give
+        hundreds of stamps). Below 30 the kernel is spatially constant and
+        ``diffim_kernel_fallback`` is recorded. Default 10.
     min_template_coverage : float
         A covered fraction of the detector at or below this is an error. Default 0.0 (error
         only when no template overlaps).
@@ -152,7 +186,12 @@ class SubtractImagesConfig(TaskConfig):
     spatial_kernel_order: int = 2
     fit_background: bool = False
     spatial_background_order: int = 1
-    constant_kernel_sum: bool = False
+    constant_kernel_sum: bool = True
+    subtract_background: bool = True
+    background_bin_size: int = 128
+    background_mask_threshold: float = 3.0
+    background_mask_grow_fwhm: float = 1.0
+    background_iterations: int = 2
     stamp_half_fwhm: float = 3.0
     detection_threshold: float = 5.0
     candidate_min_snr: float = 50.0
@@ -166,7 +205,7 @@ class SubtractImagesConfig(TaskConfig):
     max_residual_mean: float = 0.25
     clip_iterations: int = 3
     min_stamps: int = 3
-    min_stamps_spatial: int = 20
+    stamps_per_spatial_term: float = 10.0
     min_template_coverage: float = 0.0
     bad_mask_planes: tuple[str, ...] = ("BAD", "SAT", "NO_DATA", "EDGE", "CR", "INTRP", "SUSPECT")
     warp_grid_spacing: int = 64
@@ -208,8 +247,9 @@ class SubtractImagesConfig(TaskConfig):
             "kernel_min_sigma", "kernel_size_fwhm", "stamp_half_fwhm", "detection_threshold",
             "candidate_min_snr", "isolation_fraction", "max_area_ratio", "candidate_grid",
             "candidates_per_cell", "clip_sigma", "max_residual_rms", "max_residual_mean",
-            "clip_iterations", "min_stamps", "min_stamps_spatial", "warp_grid_spacing",
-            "warp_lanczos_order",
+            "clip_iterations", "min_stamps", "stamps_per_spatial_term", "warp_grid_spacing",
+            "warp_lanczos_order", "background_bin_size", "background_mask_threshold",
+            "background_iterations",
             "convolution_block", "metric_radius_fwhm", "sky_margin_fwhm",
         )  # fmt: skip
         for field in positive:
@@ -396,7 +436,7 @@ class SubtractImagesTask(Task):
                 cfg.spatial_kernel_order, cfg.fit_background, cfg.spatial_background_order,
                 cfg.constant_kernel_sum,
                 cfg.clip_sigma, cfg.max_residual_rms, cfg.max_residual_mean,
-                cfg.clip_iterations, cfg.min_stamps, cfg.min_stamps_spatial,
+                cfg.clip_iterations, cfg.min_stamps, cfg.stamps_per_spatial_term,
             ),
         )  # fmt: skip
         del convolved, reference, weights
@@ -441,6 +481,11 @@ class SubtractImagesTask(Task):
             detector=calexp.detector,
             metadata={"units": "nJy"},
         )
+        background_meta = self._subtract_background(
+            diff_image, candidates.footprints | ((calexp.mask & _DETECTION_BITS) != 0),
+            bad_bits, psf.fwhm_at(*centre),
+        )  # fmt: skip
+        diff_image.metadata.update(background_meta)
         diff_image.metadata.update(
             self._metrics(
                 diff_image, candidates, reserved, fit, bad_bits, _centre(fwhm_sci),
@@ -448,6 +493,37 @@ class SubtractImagesTask(Task):
             )
         )  # fmt: skip
         return SubtractImagesResult(diff_image, template_warped, fit.solution)
+
+    def _subtract_background(
+        self, diff: Exposure, sources: np.ndarray, bad_bits: int, fwhm: float
+    ) -> dict[str, Any]:
+        """Remove the difference's residual background in place; its statistics (nJy)."""
+        cfg = self.config
+        if not cfg.subtract_background:
+            return {"diffim_background_subtracted": 0}
+        grow = max(1, int(math.ceil(cfg.background_mask_grow_fwhm * fwhm)))
+        background, masked = difference_background(
+            diff, grow_mask(sources, grow) != 0, bad_bits | int(MaskPlanes.NO_DATA),
+            fwhm / GAUSSIAN_FWHM_PER_SIGMA,
+            BackgroundSettings(
+                cfg.background_bin_size, cfg.background_mask_threshold, grow,
+                cfg.background_iterations,
+            ),
+        )  # fmt: skip
+        diff.image -= background.image()
+        values = background.values
+        noise = float(np.nanmedian(background.sigma))
+        return {
+            "diffim_background_subtracted": 1,
+            "diffim_background_bin_size": cfg.background_bin_size,
+            "diffim_background_mean": float(values.mean()),
+            "diffim_background_rms": float(values.std()),
+            "diffim_background_min": float(values.min()),
+            "diffim_background_max": float(values.max()),
+            # in units of the per-pixel noise: what detection sees
+            "diffim_background_rms_sigma": float(values.std() / noise) if noise > 0 else 0.0,
+            "diffim_background_masked_fraction": float(masked.mean()),
+        }
 
     def _metrics(
         self,

@@ -9,7 +9,7 @@ from scipy.signal import convolve2d
 from apflow.tasks.diffim import alard_lupton_basis
 from apflow.tasks.diffim.basis import convolve_stamps
 from apflow.tasks.diffim.convolve import convolve_with_solution, grow_mask
-from apflow.tasks.diffim.kernel_fit import KernelSolution
+from apflow.tasks.diffim.kernel_fit import KernelSolution, spatial_order_for
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,12 @@ def test_grow_mask_is_or_over_box():
         for dx in range(7):
             expected |= padded[dy : dy + 40, dx : dx + 50]
     np.testing.assert_array_equal(grown, expected)
+
+
+@pytest.mark.parametrize(
+    "n_stamps, max_order, expected",
+    [(5, 2, 0), (29, 2, 0), (30, 2, 1), (59, 2, 1), (60, 2, 2), (1000, 2, 2), (1000, 1, 1)],
+)
+def test_spatial_order_follows_the_number_of_stamps(n_stamps, max_order, expected):
+    # 10 stamps per polynomial term: 3 terms for a linear, 6 for a quadratic variation
+    assert spatial_order_for(n_stamps, max_order, 10.0) == expected

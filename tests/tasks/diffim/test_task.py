@@ -18,6 +18,7 @@ import math
 import numpy as np
 import pytest
 from astropy.wcs import WCS
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from apflow.core import Exposure, MoffatPsf
@@ -211,7 +212,7 @@ def test_too_few_stamps_raises(scene):
 
 
 def test_few_stamps_fall_back_to_a_constant_kernel(scene):
-    config = SubtractImagesConfig(min_stamps_spatial=1000)
+    config = SubtractImagesConfig(stamps_per_spatial_term=1000)
     result = SubtractImagesTask(config).run(scene.calexp, scene.templates, data_id=DATA_ID)
     meta = result.diff_image.metadata
     assert meta["diffim_kernel_fallback"] == 1 and meta["diffim_kernel_spatial_order"] == 0
@@ -261,3 +262,48 @@ def test_diff_image_round_trips_through_a_repository(tmp_path, result):
     for key, value in result.diff_image.metadata.items():
         if key.startswith("diffim_"):
             assert back.metadata[key] == pytest.approx(value, nan_ok=True)
+
+
+def test_kernel_sum_is_constant_across_the_detector(result):
+    # both images are calibrated: the photometric scale has no reason to vary over the CCD
+    meta = result.diff_image.metadata
+    assert meta["diffim_kernel_sum_max"] - meta["diffim_kernel_sum_min"] < 1e-9
+    assert meta["diffim_kernel_spatial_order"] >= 1  # the PSF matching itself still varies
+
+
+def _binned_residual(diff: Exposure, bin_size: int = 64) -> np.ndarray:
+    """Mean of ``diff / sigma`` in bins, pixels of |z| > 3 (grown) left out."""
+    z = diff.image / np.sqrt(diff.variance)
+    source = ndimage.binary_dilation(np.abs(np.nan_to_num(z)) > 3, iterations=8)
+    z = np.where(source, np.nan, z)
+    n = diff.width // bin_size
+    return np.nanmean(z.reshape(n, bin_size, n, bin_size), axis=(1, 3))
+
+
+def test_differential_background_is_removed(scene):
+    # a smooth offset in the science only (its sky model differs from the template's) of
+    # +-0.3 sigma per pixel
+    size = scene.calexp.width
+    yy, xx = np.mgrid[:size, :size] * (2.0 / (size - 1))
+    offset = scene.science_sky_sigma * (0.3 * (xx - 1) + 0.2 * (yy - 1) ** 2 - 0.07)
+    image = (scene.calexp.image + offset).astype(np.float32)
+    calexp = Exposure(
+        image=image, mask=scene.calexp.mask, variance=scene.calexp.variance,
+        wcs=scene.calexp.wcs, psf=scene.calexp.psf, photo_calib=scene.calexp.photo_calib,
+        visit_info=scene.calexp.visit_info, detector=scene.calexp.detector,
+    )  # fmt: skip
+    kept = SubtractImagesTask(SubtractImagesConfig(subtract_background=False)).run(
+        calexp, scene.templates, data_id=DATA_ID
+    )
+    removed = SubtractImagesTask().run(calexp, scene.templates, data_id=DATA_ID)
+    assert np.std(_binned_residual(kept.diff_image)) > 0.1
+    assert np.std(_binned_residual(removed.diff_image)) < 0.03
+    meta = removed.diff_image.metadata
+    assert meta["diffim_background_subtracted"] == 1
+    assert meta["diffim_background_rms"] == pytest.approx(np.std(offset), rel=0.15)
+    assert abs(meta["diffim_sky_mean"]) < 0.02
+    diff = removed.diff_image
+    # the transients were masked while the background was measured
+    for x, y, truth in zip(scene.transient_x, scene.transient_y, scene.transient_flux, strict=True):
+        flux, _ = psf_flux(diff.image, diff.variance, diff.psf, x, y)
+        assert flux / truth == pytest.approx(1.0, abs=0.02)
