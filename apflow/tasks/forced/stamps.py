@@ -75,15 +75,32 @@ def inside_image(xi: np.ndarray, yi: np.ndarray, half: int, shape: tuple[int, in
     return ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
 
 
+#: Side (pixels) of the cells on which the FWHM of a model without a closed form is evaluated.
+FWHM_CELL = 128
+
+
 def fwhm_at(psf: Psf, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """PSF FWHM (pixels) at each position, vectorised for the built-in models."""
+    """PSF FWHM (pixels) at each position, vectorised for the built-in models.
+
+    A model without a closed-form width (a pixel-basis PSF measures it from an image, ~40 ms a
+    call) is evaluated once per ``FWHM_CELL`` cell holding positions, at the cell centre: the
+    width varies on CCD scales, and callers size stamps and fit radii with it. A few positions
+    are evaluated exactly.
+    """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if isinstance(psf, (GaussianPsf, MoffatPsf)):
         return np.full(x.shape, float(psf.fwhm))
     if isinstance(psf, VariablePsf):
         return _variable_poly(psf, psf.fwhm_coeffs, x, y)
-    return np.array([psf.fwhm_at(float(a), float(b)) for a, b in zip(x, y, strict=True)])
+    if x.size <= 4:
+        return np.array([psf.fwhm_at(float(a), float(b)) for a, b in zip(x, y, strict=True)])
+    cx = np.floor(x / FWHM_CELL)
+    cy = np.floor(y / FWHM_CELL)
+    cells, inverse = np.unique(np.stack([cx, cy], axis=1), axis=0, return_inverse=True)
+    centre = (cells + 0.5) * FWHM_CELL
+    values = np.array([psf.fwhm_at(float(a), float(b)) for a, b in centre])
+    return values[np.asarray(inverse).reshape(-1)]
 
 
 class PsfStampRenderer:
