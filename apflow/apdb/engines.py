@@ -101,10 +101,12 @@ def normalise_url(url: str) -> str:
 
 def is_transient(exc: sa.exc.DBAPIError) -> bool:
     """Whether a failed transaction lost a race and should be retried: SQLite's "database is
-    locked", PostgreSQL's serialization failure (40001) or deadlock (40P01)."""
+    locked", PostgreSQL's serialization failure (40001), deadlock (40P01), or a unique key a
+    concurrent writer inserted first (23505; a store's own rows are checked for duplicates before
+    it starts, so this is a race)."""
     orig = getattr(exc, "orig", None)
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if sqlstate in ("40001", "40P01"):
+    if sqlstate in ("40001", "40P01", "23505"):
         return True
     message = str(orig or exc).lower()
     return (

@@ -37,8 +37,9 @@ Many worker processes write different (visit, detector)s at once.
   transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock first, so two writers never
   deadlock upgrading read locks). "database is locked" is retried a bounded number of times with
   jittered exponential back-off. SQLite needs a local disk (not NFS) for its locks.
-- PostgreSQL: write transactions run SERIALIZABLE and are retried on serialization failures
-  (SQLSTATE 40001) and deadlocks (40P01); schema creation takes an advisory lock.
+- PostgreSQL: write transactions run READ COMMITTED (each CCD writes its own rows) and are
+  retried on serialization failures (SQLSTATE 40001), deadlocks (40P01) and a key taken by a
+  concurrent writer (23505); schema creation takes an advisory lock.
 
 Reads of one (visit, detector) and its write are separate transactions: the caller must not run two
 writers that update the *same* DiaObjects at once. The engine guarantees it for association by
@@ -272,12 +273,12 @@ class Apdb:
         *,
         write: bool,
         what: str,
-        serializable: bool = True,
+        serializable: bool = False,
     ) -> T:
         """Run ``work(connection)`` in one transaction, retrying lost lock or serialization races.
 
-        ``serializable=False`` keeps PostgreSQL's READ COMMITTED for a write that serialises
-        itself with a lock (its statements must see what committed while it waited).
+        PostgreSQL writes run READ COMMITTED (``serializable=True`` asks for SERIALIZABLE); the
+        schema creation serialises itself with a lock and must see what committed meanwhile.
         """
         return self._attempts(work, write=write, what=what, serializable=serializable)[0]
 
@@ -287,7 +288,7 @@ class Apdb:
         *,
         write: bool,
         what: str,
-        serializable: bool = True,
+        serializable: bool = False,
     ) -> tuple[T, int]:
         """:meth:`_transaction` that also says how many attempts it took."""
         engine = engine_for(self.url)
@@ -297,8 +298,15 @@ class Apdb:
                 with engine.connect() as conn:
                     if write and self.dialect == "sqlite":
                         conn.execution_options(apflow_sqlite_begin="IMMEDIATE")
-                    elif write and serializable and self.dialect == "postgresql":
-                        conn.execution_options(isolation_level="SERIALIZABLE")
+                    elif write and self.dialect == "postgresql":
+                        # READ COMMITTED: SERIALIZABLE made stores of *different* CCDs of a
+                        # visit abort each other (predicate locks on the shared indexes): 8-16
+                        # attempts each at 16-48 writers (benchmarks/alerts.py). The rows of a
+                        # CCD are its own; two CCDs replacing one DiaObject at once (a CCD
+                        # edge) collide on its key and the loser retries.
+                        conn.execution_options(
+                            isolation_level="SERIALIZABLE" if serializable else "READ COMMITTED"
+                        )
                     with conn.begin():
                         result = work(conn)
                 return result, attempt
