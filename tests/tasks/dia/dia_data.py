@@ -13,6 +13,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from apflow.core import Exposure, PhotoCalib, Psf, VisitInfo
+from tests.tasks.forced.forced_data import render_stars as render_sources
 
 PIXEL_SCALE = 0.2  # arcsec per pixel
 VISIT = 4242
@@ -32,23 +33,6 @@ def make_wcs(shape: tuple[int, int], rotation_deg: float = 0.0) -> WCS:
     c, si = math.cos(math.radians(rotation_deg)), math.sin(math.radians(rotation_deg))
     wcs.wcs.cd = np.array([[-s * c, s * si], [s * si, s * c]])
     return wcs
-
-
-def render_sources(
-    shape: tuple[int, int], psf: Psf, x: np.ndarray, y: np.ndarray, flux: np.ndarray
-) -> np.ndarray:
-    """Noise-free image (float64) of point sources, each the model's full default stamp."""
-    image = np.zeros(shape)
-    height, width = shape
-    for xs, ys, fs in zip(x, y, flux, strict=True):
-        stamp = psf.compute_image(float(xs), float(ys))
-        half = stamp.shape[0] // 2
-        x0, y0 = round(xs) - half, round(ys) - half
-        ys0, ys1 = max(y0, 0), min(y0 + stamp.shape[0], height)
-        xs0, xs1 = max(x0, 0), min(x0 + stamp.shape[1], width)
-        if ys1 > ys0 and xs1 > xs0:
-            image[ys0:ys1, xs0:xs1] += fs * stamp[ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0]
-    return image
 
 
 def make_exposure(
