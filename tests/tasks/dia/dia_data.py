@@ -7,32 +7,23 @@ variance, so flux errors and detection rates have known expectations.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from astropy.wcs import WCS
 
 from apflow.core import Exposure, PhotoCalib, Psf, VisitInfo
+
+# one set of synthetic-image helpers for the task tests: forced photometry's
+from tests.tasks.forced.forced_data import make_wcs
 from tests.tasks.forced.forced_data import render_stars as render_sources
+from tests.tasks.forced.forced_data import star_grid as isolated_positions
+
+__all__ = ["isolated_positions", "make_exposure", "make_wcs", "render_sources"]
 
 PIXEL_SCALE = 0.2  # arcsec per pixel
 VISIT = 4242
 DETECTOR = 7
 MJD = 60500.25
 BAND = "r"
-
-
-def make_wcs(shape: tuple[int, int], rotation_deg: float = 0.0) -> WCS:
-    """TAN WCS of 0.2"/px, East left and North up before ``rotation_deg``."""
-    height, width = shape
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [150.0, 2.0]
-    wcs.wcs.crpix = [width / 2 + 0.5, height / 2 + 0.5]
-    s = PIXEL_SCALE / 3600.0
-    c, si = math.cos(math.radians(rotation_deg)), math.sin(math.radians(rotation_deg))
-    wcs.wcs.cd = np.array([[-s * c, s * si], [s * si, s * c]])
-    return wcs
 
 
 def make_exposure(
@@ -63,17 +54,3 @@ def make_exposure(
         visit_info=VisitInfo(visit=VISIT, band=BAND, mjd=MJD, exposure_time=30.0),
         detector=DETECTOR,
     )
-
-
-def isolated_positions(
-    shape: tuple[int, int], spacing: float, margin: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Isolated positions on a jittered grid (random sub-pixel offsets)."""
-    rng = np.random.default_rng(seed)
-    height, width = shape
-    gx, gy = np.meshgrid(
-        np.arange(margin, width - margin, spacing), np.arange(margin, height - margin, spacing)
-    )
-    x = gx.ravel() + rng.uniform(-0.5, 0.5, gx.size)
-    y = gy.ravel() + rng.uniform(-0.5, 0.5, gy.size)
-    return x, y
