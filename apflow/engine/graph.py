@@ -180,8 +180,11 @@ class QuantumGraph:
             order = {d: n for n, d in enumerate(stage.dimensions)}
             gather_indexes = _gather_indexes(stage, stage_dims, available, dimensions_of)
             input_dims = {i.name: frozenset(dimensions_of(i.dataset_type)) for i in stage.inputs}
+            # dimensions each gathered input shares with the stage: its index key (computed
+            # once per stage, not per quantum)
+            shared = {name: dims & stage_dims for name, dims in input_dims.items()}
             for data_id in _stage_data_ids(stage, stage_dims, available, dimensions_of, where):
-                refs = _input_refs(stage, data_id, available, input_dims, gather_indexes)
+                refs = _input_refs(stage, data_id, available, input_dims, shared, gather_indexes)
                 skip = not redo and all(data_id in existing_ids(dt) for _, dt in stage.outputs)
                 ordered = tuple(sorted(data_id, key=lambda kv: order[kv[0]]))
                 quantum = Quantum(
@@ -256,13 +259,14 @@ def _input_refs(
     data_id: IdKey,
     available: Callable[[str], set[IdKey]],
     input_dims: dict[str, frozenset[str]],
+    shared: dict[str, frozenset[str]],
     gather_indexes: dict[str, dict[IdKey, list[IdKey]]],
 ) -> list[InputRef]:
     refs = []
     for spec in stage.inputs:
         if spec.name in gather_indexes:
-            shared = input_dims[spec.name] & frozenset(k for k, _ in data_id)
-            key = data_id if len(shared) == len(data_id) else _project(data_id, shared)
+            common = shared[spec.name]
+            key = data_id if len(common) == len(data_id) else _project(data_id, common)
             ids = list(gather_indexes[spec.name].get(key, ()))
             gathered = True
         else:
