@@ -179,7 +179,7 @@ def compare_combine(name: str, stack: np.ndarray, repeats: int) -> None:
     """Time our clipped mean across the last axis against astropy and ccdproc; check equality."""
     from astropy.stats import sigma_clip
 
-    from apflow.tasks.sky import clipped_stats
+    from apflow.tasks.stats import clipped_stats
 
     def ours(values: np.ndarray) -> np.ndarray:
         return clipped_stats(values, nsigma=3.0, n_iter=3).mean

@@ -3,7 +3,7 @@
 ``workflows/example.yaml`` chains them into a smoke workflow over any camera:
 
 1. :class:`ImageStatsTask` per (visit, detector): sigma-clipped mean and standard deviation of the
-   unmasked pixels of ``post_isr``.
+   unmasked pixels of ``post_isr`` (:func:`apflow.tasks.stats.clipped_stats`).
 2. :class:`VisitStatsTask` per visit (a gather): the visit's sky level, the pixel-weighted mean
    of its detectors' clipped means.
 3. :class:`NormalizeTask` per (visit, detector) (a scatter of the visit level back to each CCD):
@@ -23,6 +23,7 @@ import numpy as np
 from ..core import Exposure
 from ..errors import ConfigError, TaskError
 from .base import Task, TaskConfig
+from .stats import clipped_stats
 
 __all__ = [
     "ImageStatsConfig",
@@ -34,7 +35,6 @@ __all__ = [
     "VisitStatsConfig",
     "VisitStatsResult",
     "VisitStatsTask",
-    "clipped_stats",
 ]
 
 
@@ -75,8 +75,9 @@ class ImageStatsConfig(TaskConfig):
 class ImageStatsResult:
     """Statistics of one CCD, as a JSON-ready dict in ``stats``.
 
-    ``stats`` holds ``mean`` and ``std`` (clipped, image units), ``median``, ``n_pixels`` (kept
-    after clipping) and ``n_good`` (usable pixels before clipping).
+    ``stats`` holds ``mean`` and ``std`` (clipped as astropy's ``sigma_clipped_stats``: median
+    centre, ddof=0; image units), ``median`` (of all usable pixels), ``n_pixels`` (kept after
+    clipping) and ``n_good`` (usable pixels before clipping).
     """
 
     stats: dict[str, float | int]
@@ -114,15 +115,16 @@ class ImageStatsTask(Task):
                 f"only {n_good} of {exposure.image.size} pixels are usable "
                 f"(min_good_fraction={cfg.min_good_fraction})"
             )
-        values = exposure.image[good].astype(np.float64)
+        # the image's own precision: the clipping sums in float64 either way
+        values = exposure.image[good]
         for _ in range(cfg.repeat):
-            mean, std, kept = clipped_stats(values, cfg.n_sigma, cfg.n_iter)
+            clipped = clipped_stats(values, cfg.n_sigma, cfg.n_iter)
         return ImageStatsResult(
             {
-                "mean": mean,
-                "std": std,
-                "median": float(np.median(values)),
-                "n_pixels": kept,
+                "mean": float(clipped.mean),
+                "std": float(clipped.std),
+                "median": float(np.median(values.astype(np.float64))),
+                "n_pixels": int(clipped.n_kept),
                 "n_good": n_good,
             }
         )
@@ -244,29 +246,3 @@ class NormalizeTask(Task):
             metadata=metadata,
         )
         return NormalizeResult(normalized)
-
-
-def clipped_stats(values: np.ndarray, n_sigma: float, n_iter: int) -> tuple[float, float, int]:
-    """Iterative sigma-clipped mean and standard deviation.
-
-    Parameters
-    ----------
-    values : numpy.ndarray
-        1-D finite values.
-    n_sigma : float
-        Clip at ``|x - mean| > n_sigma * std``.
-    n_iter : int
-        Maximum number of clipping passes; stops early when nothing more is clipped.
-
-    Returns
-    -------
-    mean, std, n_kept : float, float, int
-    """
-    kept = values
-    for _ in range(n_iter):
-        mean, std = kept.mean(), kept.std()
-        inside = np.abs(kept - mean) <= n_sigma * std
-        if inside.all() or not inside.any():
-            break
-        kept = kept[inside]
-    return float(kept.mean()), float(kept.std()), int(kept.size)

@@ -2,16 +2,14 @@
 
 For each source, the pixels whose centres lie in the annulus ``inner <= r < outer`` around the
 (sub-pixel) position, minus bad or missing pixels, give a sigma-clipped mean per pixel, following
-afw's MEANCLIP: a first pass around the median with ``sigma = 0.741 IQR``, then ``iterations``
-passes around the mean of the kept pixels with their standard deviation. Like Rubin, the reported
-error is that clipped standard deviation (the pixel scatter), not the error of the mean.
+afw's MEANCLIP (:func:`apflow.tasks.stats.clipped_stats` with ``method="meanclip"``): a first
+pass around the median with ``sigma = 0.741 IQR``, then passes around the mean of the kept pixels
+with their (ddof=1) standard deviation. Like Rubin, the reported error is that clipped standard
+deviation (the pixel scatter), not the error of the mean.
 
 Vectorised over a chunk of sources: the annulus pixels are gathered into one ``(n, K)`` array
 (through flat offsets into a NaN-padded copy of the image, so no bounds checks; only pixels on
-the annulus rims need a distance test). The first pass's
-median and IQR come from a regular 1-in-4 subsample of the annulus (sorting the full rows would
-cost more than all the rest; the subsample's statistical error is ~2/sqrt(K) sigma, far inside the
-3-sigma clip), the clipping passes use every pixel.
+the annulus rims need a distance test), and the clipped statistics reduce its rows.
 """
 
 from __future__ import annotations
@@ -20,8 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Sigma of a Gaussian per unit interquartile range: 1 / (2 * 0.6745).
-_SIGMA_PER_IQR = 0.7413
+from ..stats import clipped_stats
 
 
 @dataclass(frozen=True)
@@ -59,14 +56,14 @@ def local_background(
     n_sigma : float
         Clipping threshold in standard deviations.
     iterations : int
-        Clipping passes around the mean after the median pass.
+        Clipping passes, the first around the median (afw's ``numIter``).
     chunk_size : int
         Sources per vectorised block (memory is about ``12 * chunk_size * K`` bytes).
 
     Returns
     -------
     LocalBackground
-        NaN mean and std (and 0 pixels) where no pixel is usable.
+        NaN mean and std (and 0 pixels) where no pixel is usable; NaN std with one pixel.
     """
     n = x.size
     mean = np.full(n, np.nan)
@@ -105,52 +102,6 @@ def local_background(
         use = (r2 >= (inner[sl] ** 2)[:, None]) & (r2 < (outer[sl] ** 2)[:, None])
         rim_vals = np.where(use, flat[centre + rim_offsets], np.float32(np.nan))
         vals = np.concatenate([flat[centre + sure_offsets], rim_vals], axis=1)
-        mean[sl], std[sl], count[sl] = _clipped_mean(vals, n_sigma, iterations)
+        stats = clipped_stats(vals, n_sigma, iterations, method="meanclip", overwrite_input=True)
+        mean[sl], std[sl], count[sl] = stats.mean, stats.std, stats.n_kept
     return LocalBackground(mean, std, count)
-
-
-def _clipped_mean(
-    values: np.ndarray, n_sigma: float, iterations: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row-wise clipped mean, std and count of ``(n, K)`` values (NaN = not used)."""
-    sample = np.sort(values[:, ::4], axis=1)  # NaN sort last
-    n_sample = np.count_nonzero(np.isfinite(sample), axis=1)
-    centre = _quantile(sample, n_sample, 0.5)
-    sigma = _SIGMA_PER_IQR * (_quantile(sample, n_sample, 0.75) - _quantile(sample, n_sample, 0.25))
-    # Work on values relative to the first-pass centre: float32 sums of squares then lose
-    # nothing to cancellation, even on a bright background. Unused pixels become a huge value
-    # that never passes the clip test, so keep * value is 0 there (NaN * 0 would be NaN).
-    shifted = values - centre.astype(np.float32)[:, None]
-    shifted[~np.isfinite(shifted)] = np.float32(3e38)
-    work = np.empty_like(shifted)
-    keep = np.empty(shifted.shape, dtype=bool)
-    offset = np.zeros(values.shape[0])
-    std = sigma
-    kept = np.zeros(values.shape[0], dtype=np.int64)
-    for _ in range(max(iterations, 1)):
-        # Zero scatter (e.g. a constant image) would clip every pixel: keep the ties.
-        width = np.where(std > 0, n_sigma * std, 1e30).astype(np.float32)[:, None]
-        np.subtract(shifted, offset.astype(np.float32)[:, None], out=work)
-        np.abs(work, out=work)
-        np.less_equal(work, width, out=keep)
-        kept = np.count_nonzero(keep, axis=1)
-        np.multiply(shifted, keep, out=work)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s1 = work.sum(axis=1, dtype=np.float64)
-            s2 = np.einsum("ij,ij->i", work, work, dtype=np.float64)
-            offset = s1 / kept
-            var = np.maximum(s2 - s1 * offset, 0.0) / np.maximum(kept - 1, 1)
-        std = np.where(kept > 0, np.sqrt(var), np.nan)
-        offset = np.where(kept > 0, offset, np.nan)
-    return centre + offset, std, kept
-
-
-def _quantile(ordered: np.ndarray, n_valid: np.ndarray, q: float) -> np.ndarray:
-    """Linear-interpolation quantile of the first ``n_valid`` entries of each sorted row."""
-    pos = q * np.maximum(n_valid - 1, 0)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, np.maximum(n_valid - 1, 0))
-    frac = pos - lo
-    v_lo = np.take_along_axis(ordered, lo[:, None], axis=1)[:, 0]
-    v_hi = np.take_along_axis(ordered, hi[:, None], axis=1)[:, 0]
-    return np.where(n_valid > 0, v_lo + frac * (v_hi - v_lo), np.nan)
