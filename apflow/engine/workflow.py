@@ -24,14 +24,30 @@ A workflow file looks like::
         ordered_by: visit      # every quantum of visit v finishes before any of the next visit
 
 ``include: [calibrate, alert_production]`` starts a workflow with the stages and dataset types of
-other workflows (by name or path); ``nightly`` is built that way.
+other workflows (by name or path); ``nightly`` is built that way. ``overrides:`` then changes an
+included stage without copying it, so that each stage keeps one definition::
+
+    include: [sky_correct, calibrate, alert_production]
+    overrides:
+      calibrate:                                  # a stage of an included workflow
+        inputs:
+          exposures: post_isr_skycorr             # replace an input (same forms as in a stage)
+          sky_frame: null                         # null drops an input
+        config: {background: {bin_size: 64}}     # merged into the stage's config mapping
+
+Only ``inputs`` and ``config`` can be overridden, and only inputs the stage already has (a typo
+must not add an input that the task then ignores); an unknown stage or input is an error, as is
+overriding a stage the file defines itself (edit it there). The result is validated like any
+stage.
 
 An input whose dimensions are a subset of the stage's is passed as one object (one-to-one, or a
 broadcast such as a per-visit level to every CCD of the visit). An input with dimensions the stage
 does not have is a gather and arrives as a list ordered by data id: every available data id that
 agrees with the quantum on the dimensions they share (all CCDs of the visit for a per-visit stage;
-all template patches for a per-CCD stage, since there is no shared dimension - the task picks the
-patches that overlap its CCD).
+all template patches for a per-CCD stage, since there is no shared dimension). A gathered input
+of exposures can be ``spatial``: ``template: {dataset: template, spatial: true}`` gives each
+quantum only the patches whose sky region comes within ``margin_arcsec`` (default 60) of the
+quantum's own exposure, and of its band (see :mod:`apflow.engine.graph`).
 
 ``ordered_by`` makes a stage run its quanta in the order of one dimension's values, one value at a
 time (a barrier between values, not a data dependency: a failed quantum of visit 3 does not block
@@ -56,6 +72,7 @@ from ..tasks.base import Task, TaskConfig
 
 __all__ = [
     "CONTEXT_PARAMETERS",
+    "DEFAULT_SPATIAL_MARGIN_ARCSEC",
     "DatasetTypeSpec",
     "InputSpec",
     "Stage",
@@ -66,8 +83,14 @@ __all__ = [
 
 #: run() parameters that the engine fills from the quantum rather than from the repository.
 CONTEXT_PARAMETERS = frozenset({"data_id", "camera", "detector", "input_data_ids", "repo_url"})
+_TOP_LEVEL_KEYS = {"name", "description", "dataset_types", "stages", "include", "overrides"}
 _STAGE_KEYS = {"task", "dimensions", "inputs", "outputs", "config", "description", "ordered_by"}
-_INPUT_KEYS = {"dataset", "optional", "min_inputs", "allow_partial"}
+#: What ``overrides:`` may change in an included stage.
+_OVERRIDE_KEYS = {"inputs", "config"}
+_INPUT_KEYS = {"dataset", "optional", "min_inputs", "allow_partial", "spatial", "margin_arcsec"}
+#: Default sky margin of a spatial input: pointing errors of an uncalibrated WCS up to ~30",
+#: the difference-imaging kernel and warping footprint (~5" at 0.2"/px), and room to spare.
+DEFAULT_SPATIAL_MARGIN_ARCSEC = 60.0
 
 
 @dataclass(frozen=True)
@@ -93,12 +116,21 @@ class InputSpec:
     min_inputs : int or None
         For a gathered input: run with at least this many of the expected datasets when some of
         their producers failed. ``None`` requires all of them (the default).
+    spatial : bool
+        For a gathered input of exposures: give each quantum only the datasets whose sky
+        region comes within ``margin_arcsec`` of the quantum's own (and, when the input has a
+        ``band`` dimension the stage lacks, only those of the quantum's band). See
+        :mod:`apflow.engine.graph`.
+    margin_arcsec : float
+        Sky margin of a spatial input, arcseconds.
     """
 
     name: str
     dataset_type: str
     optional: bool = False
     min_inputs: int | None = None
+    spatial: bool = False
+    margin_arcsec: float = DEFAULT_SPATIAL_MARGIN_ARCSEC
 
 
 @dataclass(frozen=True)
@@ -243,6 +275,11 @@ class Workflow:
                         f"workflow {self.name!r}, stage {stage.name!r}: input {spec.name!r} sets "
                         "min_inputs/allow_partial but is not gathered (it has no extra dimensions)"
                     )
+                if spec.spatial and not gathered:
+                    raise WorkflowError(
+                        f"workflow {self.name!r}, stage {stage.name!r}: input {spec.name!r} is "
+                        "spatial but not gathered (it has no dimensions the stage lacks)"
+                    )
                 if not spec.optional:
                     covered |= in_dims & stage_dims
             if covered != stage_dims:
@@ -322,7 +359,7 @@ def _parse(document: Any, path: Path) -> Workflow:
     where = f"workflow file {path}"
     if not isinstance(document, dict):
         raise WorkflowError(f"{where}: expected a mapping with 'stages:'")
-    unknown = set(document) - {"name", "description", "dataset_types", "stages", "include"}
+    unknown = set(document) - _TOP_LEVEL_KEYS
     if unknown:
         raise WorkflowError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}")
     name = str(document.get("name") or path.stem)
@@ -355,9 +392,10 @@ def _parse(document: Any, path: Path) -> Workflow:
 def _with_includes(document: dict[str, Any], path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     """The document with the stages and dataset types of its ``include:`` workflows first.
 
-    ``nightly`` is ``include: [calibrate, alert_production]``: one definition of each stage. A
-    stage or dataset type defined twice (in two included files, or again in the file itself)
-    is an error rather than a silent override.
+    ``nightly`` is ``include: [sky_correct, calibrate, alert_production]``: one definition of
+    each stage. A stage or dataset type defined twice (in two included files, or again in the
+    file itself) is an error rather than a silent override; the document's ``overrides:`` are
+    the explicit way to change an included stage (:func:`_apply_overrides`).
     """
     includes = document.get("include") or []
     where = f"workflow file {path}"
@@ -366,7 +404,12 @@ def _with_includes(document: dict[str, Any], path: Path, chain: tuple[Path, ...]
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
         raise WorkflowError(f"{where}: 'include:' must be a list of workflow names or paths")
     if not includes:
-        return document
+        if document.get("overrides"):
+            raise WorkflowError(
+                f"{where}: 'overrides:' changes stages of included workflows, but the file "
+                "has no 'include:' (edit its own stages directly)"
+            )
+        return {k: v for k, v in document.items() if k != "overrides"}
     stages: dict[str, Any] = {}
     dataset_types: dict[str, Any] = {}
 
@@ -395,9 +438,97 @@ def _with_includes(document: dict[str, Any], path: Path, chain: tuple[Path, ...]
         included = _with_includes(included, included_path, (*chain, resolved))
         merge(stages, included.get("stages"), "stage", included_path)
         merge(dataset_types, included.get("dataset_types"), "dataset type", included_path)
+    _apply_overrides(stages, document.get("overrides"), set(document.get("stages") or {}), where)
     merge(stages, document.get("stages"), "stage", path)
     merge(dataset_types, document.get("dataset_types"), "dataset type", path)
-    return {**document, "stages": stages, "dataset_types": dataset_types}
+    # overrides are applied: a workflow including this one must not apply them again
+    flattened = {k: v for k, v in document.items() if k != "overrides"}
+    return {**flattened, "stages": stages, "dataset_types": dataset_types}
+
+
+def _apply_overrides(
+    stages: dict[str, Any], overrides: Any, own_stages: set[str], where: str
+) -> None:
+    """Change included stages in place as the document's ``overrides:`` say.
+
+    Parameters
+    ----------
+    stages : dict
+        Stage name -> stage mapping, as merged from the included workflows.
+    overrides : mapping or None
+        Stage name -> ``{inputs: {name: spec or null}, config: {field: value}}``.
+    own_stages : set of str
+        Stages the document defines itself (not to be overridden: edit them there).
+    where : str
+        The document, for error messages.
+
+    Raises
+    ------
+    WorkflowError
+        On a malformed ``overrides:``, an unknown stage, key or input.
+    """
+    if overrides is None:
+        return
+    if not isinstance(overrides, dict):
+        raise WorkflowError(f"{where}: 'overrides:' must map stage names to changes")
+    for stage_name, changes in overrides.items():
+        here = f"{where}, overrides of stage {stage_name!r}"
+        if stage_name in own_stages:
+            raise WorkflowError(f"{here}: the stage is defined in this file; edit it there")
+        if stage_name not in stages:
+            raise WorkflowError(
+                f"{here}: no included workflow has that stage; included stages: "
+                f"{', '.join(stages) or '(none)'}"
+            )
+        if not isinstance(changes, dict) or not changes:
+            raise WorkflowError(
+                f"{here}: expected a mapping with {' and/or '.join(sorted(_OVERRIDE_KEYS))}"
+            )
+        unknown = set(changes) - _OVERRIDE_KEYS
+        if unknown:
+            raise WorkflowError(
+                f"{here}: cannot override {', '.join(sorted(map(str, unknown)))} (only "
+                f"{', '.join(sorted(_OVERRIDE_KEYS))})"
+            )
+        # a copy: the included file's mapping is not ours to change
+        stage = dict(stages[stage_name])
+        if "inputs" in changes:
+            stage["inputs"] = _overridden_inputs(stage.get("inputs") or {}, changes["inputs"], here)
+        if "config" in changes:
+            if not isinstance(changes["config"], dict):
+                raise WorkflowError(f"{here}: 'config' must map field names to values")
+            stage["config"] = _merged(stage.get("config") or {}, changes["config"])
+        stages[stage_name] = stage
+
+
+def _overridden_inputs(inputs: dict[str, Any], changes: Any, where: str) -> dict[str, Any]:
+    """A stage's inputs with some replaced (a new spec) or dropped (``null``)."""
+    if not isinstance(changes, dict) or not changes:
+        raise WorkflowError(f"{where}: 'inputs' must map input names to a spec or null")
+    out = dict(inputs)
+    for name, spec in changes.items():
+        if name not in inputs:
+            raise WorkflowError(
+                f"{where}: the stage has no input {name!r} (its inputs: "
+                f"{', '.join(map(str, inputs)) or '(none)'}); overrides replace or drop inputs, "
+                "they do not add them"
+            )
+        if spec is None:
+            del out[name]
+        else:
+            out[name] = spec
+    return out
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``changes``, nested mappings (subtask configs) merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _parse_stage(name: str, spec: Any, where: str) -> Stage:
@@ -458,7 +589,24 @@ def _parse_input(name: Any, spec: Any, where: str) -> InputSpec:
         min_inputs = 1 if min_inputs is None else min_inputs
     if min_inputs is not None and (not isinstance(min_inputs, int) or min_inputs < 0):
         raise WorkflowError(f"{where}: input {name!r}: min_inputs must be a non-negative integer")
-    return InputSpec(name, str(spec["dataset"]), bool(spec.get("optional", False)), min_inputs)
+    spatial = spec.get("spatial", False)
+    if not isinstance(spatial, bool):
+        raise WorkflowError(f"{where}: input {name!r}: spatial must be true or false")
+    margin = spec.get("margin_arcsec", DEFAULT_SPATIAL_MARGIN_ARCSEC)
+    if "margin_arcsec" in spec and not spatial:
+        raise WorkflowError(f"{where}: input {name!r}: margin_arcsec needs spatial: true")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1e6:
+        raise WorkflowError(
+            f"{where}: input {name!r}: margin_arcsec must be a number in [0, 1e6), got {margin!r}"
+        )
+    return InputSpec(
+        name,
+        str(spec["dataset"]),
+        bool(spec.get("optional", False)),
+        min_inputs,
+        spatial,
+        float(margin),
+    )
 
 
 def _dimensions(value: Any, where: str) -> tuple[str, ...]:

@@ -6,9 +6,32 @@
   visit (moonlight, scattered light), 1 on the optical axis; see
   :meth:`~apflow.sim.visits.VisitParameters.sky_gradient`.
 - ``P_detector`` is a FIXED small-scale pattern per detector, the same in every visit: what a sky
-  frame must recover. Its power is on 40-250 px scales (fringe-like sinusoids, soft blobs and
-  rings, a slight roll-off at the edges), its mean over the detector is exactly 0 and its rms is
-  ``SimConfig.sky_pattern_rms``. It is dimensionless: a fraction of the local sky.
+  frame must recover. It is made of fringe-like sinusoids (periods 150-300 px), soft blobs
+  (sigma 60-120 px), rings (radius 100-250 px, Gaussian profile of sigma 30-60 px) and a roll-off
+  towards every edge (exponential, 100 px scale). Its mean over the detector is exactly 0 and
+  its rms is ``SimConfig.sky_pattern_rms``. It is dimensionless: a fraction of the local sky.
+
+Why these scales. Rubin's sky frames are 32-px bins, upsampled smoothly when subtracted
+(:func:`apflow.tasks.sky.upsample_bins`); they target sky structure that is smooth on that
+scale, and finer structure (true fringes) is ISR fringe correction's job, which apflow does not
+model. So the pattern holds only what such a frame can represent: the scales were chosen by
+measuring ``P - upsample(bin32(P))`` over the pixels a CCD measures (the 4-px EDGE border
+excluded), on 6 detectors of the mini camera, in units of the pattern's rms:
+
+========================================================  =============  ==============
+components (fringe period, blob sigma, ring width, edge)   residual rms   residual peak
+========================================================  =============  ==============
+60-250, 40-120, 12-30, 40 px (before; fringes dominate)    6.2%           45%
+150-300, 60-120, 30-60, 100 px (chosen)                    1.3%           15%
+200-400, 80-160, 40-80, 150 px                             0.7%           9%
+========================================================  =============  ==============
+
+With the 2% default that is 0.03% of the sky rms (peaks of 0.3%, at the CCD edges, where the
+upsampling extrapolates): below the noise of a difference image, where the old 0.12% rms
+(peaks 0.9%) made tens to hundreds of false DiaSources per CCD. Longer scales would be
+represented still better, but more of the pattern would then be absorbed by the focal-plane
+background model (superpixels of 256 px on ``mini``), leaving less for a sky frame to recover
+(84% of the rms stays small-scale with the chosen scales, 92% before, 75% with the longest).
 
 What the sky-frame workflow should recover: after subtracting a focal-plane background model
 (superpixels of ``camera.focal_plane_bin_mm``) and dividing by the visit scale (median sky of the
@@ -31,10 +54,13 @@ from ..core import Detector
 from .config import TAG_PATTERN
 from .visits import VisitParameters
 
-#: Length scales (pixels) of the pattern's components.
-FRINGE_PERIOD_RANGE = (60.0, 250.0)
-BLOB_SIGMA_RANGE = (40.0, 120.0)
-EDGE_ROLLOFF_PX = 40.0
+#: Length scales (pixels) of the pattern's components: all resolved by 32-px sky-frame bins
+#: (see the module docstring for the measurement behind them).
+FRINGE_PERIOD_RANGE = (150.0, 300.0)
+BLOB_SIGMA_RANGE = (60.0, 120.0)
+RING_RADIUS_RANGE = (100.0, 250.0)
+RING_WIDTH_RANGE = (30.0, 60.0)
+EDGE_ROLLOFF_PX = 100.0
 
 
 def sky_pattern(
@@ -96,8 +122,8 @@ def _cached_pattern(
         blobs.append({"x": cx, "y": cy, "sigma_px": sigma, "amplitude": amp})
     rings = []
     for _ in range(int(rng.integers(1, 3))):
-        radius = rng.uniform(60.0, 200.0)
-        ring_width = rng.uniform(12.0, 30.0)
+        radius = rng.uniform(*RING_RADIUS_RANGE)
+        ring_width = rng.uniform(*RING_WIDTH_RANGE)
         cx, cy = rng.uniform(0, width), rng.uniform(0, height)
         amp = rng.uniform(0.8, 1.5) * rng.choice([-1.0, 1.0])
         # a ring is local: evaluate it only in its bounding box (5 widths past the radius)

@@ -5,7 +5,8 @@ the sky frames, through the CLI on a ``dask scheduler`` + 2 workers on 127.0.0.1
 science visit, held out of the frames, that the sky_correct workflow corrects on the same cluster.
 Why 12 frame visits: the frame error is photon-noise limited (the frames' own error-of-the-mean
 arrays predict it); with 10 visits of the default sky (800-2000 counts) it is 1.7-2.0% of the
-pattern, with 12 1.5-1.85%.
+pattern, with 12 1.5-1.85% (1.51-1.62% with the simulator's pattern of 150-300 px scales,
+measured 2026-11).
 
 Tolerances (issue 4):
 
@@ -105,10 +106,13 @@ def test_sky_frames_match_truth_to_2_percent(sky_repo):
     }
     truth_small = _without_superpixel_part(camera, truth)
     recovered_small = _without_superpixel_part(camera, recovered)
-    for d in camera.detector_ids:
-        amplitude = np.std(patterns[d])
-        error = np.sqrt(np.mean((recovered_small[d] - truth_small[d]) ** 2))
-        assert error < 0.02 * amplitude, f"detector {d}: rms error {error / amplitude:.2%}"
+    errors = {
+        d: np.sqrt(np.mean((recovered_small[d] - truth_small[d]) ** 2)) / np.std(patterns[d])
+        for d in camera.detector_ids
+    }
+    print("sky frame rms error / pattern rms:", {d: f"{e:.2%}" for d, e in errors.items()})
+    for d, error in errors.items():
+        assert error < 0.02, f"detector {d}: rms error {error:.2%}"
 
 
 def test_outputs_provenance_mosaic_and_rerun_skips_everything(sky_repo):
@@ -131,7 +135,7 @@ def test_sky_correction_lowers_the_small_scale_background_five_fold(sky_repo, co
     print(f"small-scale background rms: truth {truth:.5f} before {before:.5f} after {after:.5f}")
     # the measurement sees the injected pattern (not noise) before correction ...
     assert before == pytest.approx(truth, rel=0.1)
-    # ... and sky correction removes at least 80% of it (measured: 13x, 0.0170 -> 0.0013)
+    # ... and sky correction removes at least 80% of it (measured: 13.7x, 0.0168 -> 0.0012)
     assert after < before / 5.0
 
 

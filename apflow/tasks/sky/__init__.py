@@ -12,19 +12,24 @@ task                           quantum             inputs
 :class:`SkyCombineTask`        detector            ``residual_skies`` (gathered over visits)
 :class:`SkyCameraTask`         (none)              ``sky_frames`` (gathered) + ``camera``
 :class:`SkyFrameSamplesTask`   visit, detector     ``exposure``, ``focal_plane_background``,
-                                                   ``sky_frame`` + ``detector``
+                                                   optional ``sky_frame`` + ``detector``
 :class:`SkyFrameScaleTask`     visit               ``residual_skies`` (gathered samples; or
                                                    residuals + ``sky_frames``)
-:class:`SubtractSkyFrameTask`  visit, detector     ``exposure``, ``sky_frame``, ``sky_scale``,
-                                                   ``focal_plane_background`` + ``detector``
+:class:`SubtractSkyFrameTask`  visit, detector     ``exposure``, optional ``sky_frame``,
+                                                   ``sky_scale``, ``focal_plane_background``
+                                                   + ``detector``
 :class:`SkyCorrectionTask`     visit (in memory)   ``exposures``, ``sky_frames`` + ``camera``
 =============================  ==================  =====================================
+
+A detector without a sky frame is passed through unchanged (see :mod:`.correct`), so the
+``nightly`` workflow, which sky-corrects first, also runs where no sky frame was built.
 
 The plain functions underneath (:func:`clipped_stats`, :func:`binned_clipped_stats`,
 :func:`merge_partials`, :func:`evaluate_focal_plane_background`, :func:`fit_sky_frame_scale`,
 ...) work on numpy arrays.
 """
 
+from ..stats import ClippedStats, binned_clipped_stats, binned_median, clipped_stats
 from .combine import SkyCombineConfig, SkyCombineResult, SkyCombineTask, combine_residual_skies
 from .correct import (
     SkyFrameSamplesTask,
@@ -71,7 +76,6 @@ from .mosaic import (
     sky_camera_mosaic,
 )
 from .sky_correction import SkyCorrectionConfig, SkyCorrectionResult, SkyCorrectionTask
-from .stats import ClippedStats, binned_clipped_stats, binned_median, clipped_stats
 
 __all__ = [
     "ClippedStats",

@@ -25,10 +25,10 @@ import numpy as np
 from ...core import Detector, Exposure, MaskPlanes
 from ...errors import ConfigError, TaskError, format_data_id
 from ..base import Task, TaskConfig
+from ..stats import clipped_stats
 from .bundle import ArrayBundle, as_bundle, jsonable_floats
 from .interpolate import fill_bad_bins, upsample_bins
 from .measure import RESIDUAL_KIND
-from .stats import clipped_stats
 
 __all__ = [
     "SKY_FRAME_BINNED_KIND",

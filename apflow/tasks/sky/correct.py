@@ -16,6 +16,14 @@ and the sky frame on the same bins), the per-visit :class:`SkyFrameScaleTask` an
 them for a visit in memory. The samples stage exists because a per-visit stage cannot gather the
 per-detector sky frames (their data ids have no visit): each CCD pairs its residual with its own
 detector's frame, and the visit's fit gathers the pairs.
+
+Detectors without a sky frame degrade gracefully, so that a workflow that sky-corrects first
+(``nightly``) runs on a repository where no sky frame was built: their samples carry no frame
+(``attrs["has_sky_frame"] = False``) and are left out of the visit's fit; a visit with no frame at
+all gets ``scale = None``; and :class:`SubtractSkyFrameTask` then writes the exposure unchanged,
+with ``metadata["sky_correction"] = {"applied": False, "reason": ...}`` and a ``warning`` in its
+summary. A frame of another detector, filter or normalisation is still an error: it is a wrong
+input, not a missing one.
 """
 
 from __future__ import annotations
@@ -31,12 +39,12 @@ import numpy as np
 from ...core import Detector, Exposure
 from ...errors import ConfigError, TaskError
 from ..base import Task, TaskConfig
+from ..stats import binned_clipped_stats
 from .bundle import ArrayBundle, as_bundle
 from .combine import SKY_FRAME_BINNED_KIND
 from .focal_plane_model import MODEL_KIND, evaluate_focal_plane_background
 from .interpolate import upsample_bins
 from .measure import RESIDUAL_KIND, SkyMeasurementResult, SkyMeasurementTask
-from .stats import binned_clipped_stats
 
 __all__ = [
     "SkyFrameScaleConfig",
@@ -159,7 +167,7 @@ def subtract_sky_frame(
     correction = np.multiply(frame, normalizer, dtype=np.float32)
     correction *= np.float32(scale)
     metadata = dict(exposure.metadata)
-    metadata["sky_correction"] = {"scale": float(scale)}
+    metadata["sky_correction"] = {"applied": True, "scale": float(scale)}
     return dataclasses.replace(exposure, image=exposure.image - correction, metadata=metadata)
 
 
@@ -194,14 +202,19 @@ class SkyFrameScaleResult:
     Attributes
     ----------
     sky_scale : dict
-        JSON: ``scale``, ``n_bins``, ``n_total``, ``rms``, ``visit``, ``detectors``.
+        JSON: ``scale``, ``n_bins``, ``n_total``, ``rms``, ``visit``, ``detectors`` (those in
+        the fit), ``without_sky_frame`` (detectors left out for want of a frame). ``scale`` and
+        ``rms`` are None, with a ``warning``, when no CCD of the visit has a sky frame.
     """
 
     sky_scale: dict[str, Any]
 
     def summary(self) -> dict[str, Any]:
-        """The scale and the bins used."""
-        return {k: self.sky_scale[k] for k in ("scale", "n_bins", "rms")}
+        """The scale, the bins used and any warning."""
+        out = {k: self.sky_scale[k] for k in ("scale", "n_bins", "rms")}
+        if self.sky_scale.get("warning"):
+            out["warning"] = self.sky_scale["warning"]
+        return out
 
 
 class SkyFrameScaleTask(Task):
@@ -226,20 +239,30 @@ class SkyFrameScaleTask(Task):
             Sky frames (full ``sky_frame`` exposures or ``sky_frame_binned`` bundles) to pair
             with the residuals by detector; detectors without a residual are ignored,
             residuals without a frame are left out with a warning. Default: use the frame
-            samples each residual carries.
+            samples each residual carries (samples made without a frame are left out).
+
+        Returns
+        -------
+        SkyFrameScaleResult
+            ``scale`` None (and a ``warning``) when no CCD has a sky frame.
 
         Raises
         ------
         TaskError
-            If no CCD has both, a residual has no frame samples (without ``sky_frames``), or
-            the fit fails.
+            If no residual is given, a residual has no frame samples (without ``sky_frames``;
+            a plain :class:`SkyMeasurementTask` output), or the fit fails.
         """
+        if not residual_skies:
+            raise TaskError("sky-frame scale: no residual backgrounds")
         frames = None if sky_frames is None else {frame_detector(f): f for f in sky_frames}
-        residuals, paired, detectors, visits = [], [], [], set()
+        residuals, paired, detectors, without, visits = [], [], [], [], set()
         for item in residual_skies:
             bundle = as_bundle(item, RESIDUAL_KIND, ("sky",))
             det_id = int(bundle.attrs["detector"])
             visits.add(bundle.attrs.get("visit"))
+            if frames is None and not bundle.attrs.get("has_sky_frame", True):
+                without.append(det_id)
+                continue
             if frames is None:
                 if "frame" not in bundle.arrays:
                     raise TaskError(
@@ -250,15 +273,32 @@ class SkyFrameScaleTask(Task):
             elif det_id in frames:
                 frame_values = sample_sky_frame(frames[det_id], bundle)
             else:
-                _log.warning("detector %s has no sky frame: left out of the scale fit", det_id)
+                without.append(det_id)
                 continue
             residuals.append(np.asarray(bundle["sky"]))
             paired.append(frame_values)
             detectors.append(det_id)
-        if not residuals:
-            raise TaskError("no CCD of the visit has both a residual background and a sky frame")
-        fit = fit_sky_frame_scale(residuals, paired, self.config.nsigma, self.config.n_iter)
         visit = visits.pop() if len(visits) == 1 else None
+        if without:
+            _log.warning(
+                "visit %s: detector(s) %s have no sky frame: left out of the scale fit",
+                visit,
+                without,
+            )
+        if not residuals:
+            return SkyFrameScaleResult(
+                {
+                    "scale": None,
+                    "n_bins": 0,
+                    "n_total": 0,
+                    "rms": None,
+                    "visit": visit,
+                    "detectors": [],
+                    "without_sky_frame": without,
+                    "warning": f"visit {visit}: no CCD has a sky frame; no sky correction",
+                }
+            )
+        fit = fit_sky_frame_scale(residuals, paired, self.config.nsigma, self.config.n_iter)
         return SkyFrameScaleResult(
             {
                 "scale": fit.scale,
@@ -267,6 +307,7 @@ class SkyFrameScaleTask(Task):
                 "rms": fit.rms,
                 "visit": visit,
                 "detectors": detectors,
+                "without_sky_frame": without,
             }
         )
 
@@ -276,15 +317,16 @@ class SkyFrameSamplesTask(SkyMeasurementTask):
 
     Same configuration and measurement as :class:`SkyMeasurementTask` (use the one the sky
     frames were built with); the output bundle gains an array ``frame``, the sky frame's values
-    on the residual's bins, which is all :class:`SkyFrameScaleTask` needs from the frame.
+    on the residual's bins, which is all :class:`SkyFrameScaleTask` needs from the frame, and
+    the attribute ``has_sky_frame``.
     """
 
     def run(  # type: ignore[override]
         self,
         exposure: Exposure,
         focal_plane_background: ArrayBundle,
-        sky_frame: Exposure | ArrayBundle,
         detector: Detector,
+        sky_frame: Exposure | ArrayBundle | None = None,
     ) -> SkyMeasurementResult:
         """Measure the binned residual sky and sample the sky frame on its bins.
 
@@ -294,16 +336,23 @@ class SkyFrameSamplesTask(SkyMeasurementTask):
             Object-masked science exposure of this (visit, detector).
         focal_plane_background : ArrayBundle
             The visit's focal-plane model (a broadcast input).
-        sky_frame : Exposure or ArrayBundle
-            This detector's sky frame, full or binned (a broadcast input).
         detector : Detector
             Context parameter.
+        sky_frame : Exposure or ArrayBundle, optional
+            This detector's sky frame, full or binned (a broadcast input). None (no frame was
+            built for the detector): the residual alone, with ``has_sky_frame`` False.
 
         Raises
         ------
         TaskError
             If the frame is of another detector, filter or normalisation, or binned otherwise.
         """
+        if sky_frame is None:
+            residual = super().run(exposure, focal_plane_background, detector).residual_sky
+            _log.info("detector %s has no sky frame: no sky-frame samples", detector.id)
+            return SkyMeasurementResult(
+                ArrayBundle(dict(residual.arrays), {**residual.attrs, "has_sky_frame": False})
+            )
         if frame_detector(sky_frame) != detector.id:
             raise TaskError(
                 f"detector {detector.id}: given the sky frame of detector "
@@ -312,7 +361,9 @@ class SkyFrameSamplesTask(SkyMeasurementTask):
         residual = super().run(exposure, focal_plane_background, detector).residual_sky
         frame = sample_sky_frame(sky_frame, residual).astype(np.float32)
         return SkyMeasurementResult(
-            ArrayBundle({**residual.arrays, "frame": frame}, dict(residual.attrs))
+            ArrayBundle(
+                {**residual.arrays, "frame": frame}, {**residual.attrs, "has_sky_frame": True}
+            )
         )
 
 
@@ -374,13 +425,21 @@ class SubtractSkyFrameConfig(TaskConfig):
 
 @dataclass
 class SubtractSkyFrameResult:
-    """The sky-corrected exposure (``metadata["sky_correction"]`` records the scale)."""
+    """The sky-corrected exposure.
+
+    ``metadata["sky_correction"]`` records ``applied`` and the ``scale``, or, when no frame
+    could be applied, ``applied: False`` and the ``reason`` (the pixels are the input's).
+    """
 
     exposure: Exposure
 
-    def summary(self) -> dict[str, float]:
-        """The scale applied."""
-        return {"scale": float(self.exposure.metadata["sky_correction"]["scale"])}
+    def summary(self) -> dict[str, Any]:
+        """The scale applied (None if none), and a warning when no sky frame was applied."""
+        record = self.exposure.metadata["sky_correction"]
+        out: dict[str, Any] = {"scale": record.get("scale")}
+        if not record.get("applied", True):
+            out["warning"] = record["reason"]
+        return out
 
 
 class SubtractSkyFrameTask(Task):
@@ -392,10 +451,10 @@ class SubtractSkyFrameTask(Task):
     def run(
         self,
         exposure: Exposure,
-        sky_frame: Exposure | ArrayBundle,
         sky_scale: dict[str, Any],
         focal_plane_background: ArrayBundle,
         detector: Detector,
+        sky_frame: Exposure | ArrayBundle | None = None,
     ) -> SubtractSkyFrameResult:
         """Apply the correction.
 
@@ -403,20 +462,34 @@ class SubtractSkyFrameTask(Task):
         ----------
         exposure : Exposure
             The science CCD (counts).
-        sky_frame : Exposure or ArrayBundle
-            This detector's sky frame (full or binned).
         sky_scale : dict
             :class:`SkyFrameScaleTask` output of the visit (a broadcast input).
         focal_plane_background : ArrayBundle
             The visit's focal-plane model (the frame's normaliser; a broadcast input).
         detector : Detector
             Context parameter.
+        sky_frame : Exposure or ArrayBundle, optional
+            This detector's sky frame (full or binned). None (no frame was built), or a visit
+            without a fitted scale: the exposure is returned unchanged, the metadata and the
+            summary say why.
 
         Raises
         ------
         TaskError
             If the sky frame is of another filter than the exposure.
         """
+        reason = None
+        if sky_frame is None:
+            reason = f"detector {detector.id}: no sky frame; sky correction not applied"
+        elif sky_scale.get("scale") is None:
+            reason = (
+                f"visit {sky_scale.get('visit')}: no sky-frame scale (no CCD of the visit had a "
+                f"sky frame); sky correction of detector {detector.id} not applied"
+            )
+        if reason is not None:
+            _log.info("%s", reason)
+            metadata = {**exposure.metadata, "sky_correction": {"applied": False, "reason": reason}}
+            return SubtractSkyFrameResult(dataclasses.replace(exposure, metadata=metadata))
         _check_filter(exposure, sky_frame, detector)
         frame = _full_frame(sky_frame, exposure.shape)
         model = as_bundle(focal_plane_background, MODEL_KIND, ("model",))

@@ -23,8 +23,8 @@ import numpy as np
 from ...core import Camera, Detector, Exposure
 from ...errors import ConfigError, TaskError
 from ..base import Task, TaskConfig
+from ..stats import clipped_stats
 from .bundle import ArrayBundle, as_bundle, visit_attrs
-from .stats import clipped_stats
 
 __all__ = [
     "PARTIAL_KIND",

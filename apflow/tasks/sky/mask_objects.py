@@ -48,8 +48,8 @@ from scipy.ndimage import gaussian_filter, gaussian_filter1d
 from ...core import Exposure, MaskPlanes
 from ...errors import ConfigError, TaskError
 from ..base import Task, TaskConfig
+from ..stats import binned_median
 from .interpolate import bin_matrix, fill_bad_bins, separable_product
-from .stats import binned_median
 
 __all__ = ["MaskObjectsConfig", "MaskObjectsResult", "MaskObjectsTask", "detect_objects"]
 

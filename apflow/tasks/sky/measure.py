@@ -25,9 +25,9 @@ import numpy as np
 from ...core import Detector, Exposure
 from ...errors import ConfigError, TaskError
 from ..base import Task, TaskConfig
+from ..stats import binned_clipped_stats
 from .bundle import ArrayBundle, as_bundle, visit_attrs
 from .focal_plane_model import MODEL_KIND, evaluate_focal_plane_background
-from .stats import binned_clipped_stats
 
 __all__ = [
     "RESIDUAL_KIND",

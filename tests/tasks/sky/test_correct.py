@@ -150,3 +150,96 @@ def test_samples_of_another_detector_s_frame_are_refused(
 def test_scale_fit_without_frames_needs_frame_samples(corrected) -> None:
     with pytest.raises(TaskError, match="detector 0: residual sky without sky-frame samples"):
         SkyFrameScaleTask().run(residual_skies=corrected.residual_skies)
+
+
+# ------------------------------------------------------------------------------------------
+# detectors without a sky frame (nightly on a repository where sky_frame never ran)
+
+
+@pytest.fixture(scope="module")
+def masked_science_visit(science_visit):
+    return [MaskObjectsTask().run(exposure=e).exposure for e in science_visit]
+
+
+def _samples(sky_pipeline, masked, corrected, with_frame) -> list:
+    camera = sky_pipeline.data.camera
+    task = SkyFrameSamplesTask()
+    return [
+        task.run(
+            exposure=e,
+            focal_plane_background=corrected.focal_plane_background,
+            detector=camera[e.detector],
+            sky_frame=sky_pipeline.frames[e.detector].sky_frame_binned
+            if with_frame(e.detector)
+            else None,
+        ).residual_sky
+        for e in masked
+    ]
+
+
+def test_samples_without_a_sky_frame_are_flagged_and_carry_no_frame(
+    sky_pipeline, masked_science_visit, corrected
+) -> None:
+    samples = _samples(sky_pipeline, masked_science_visit, corrected, lambda d: d != 2)
+    assert [s.attrs["has_sky_frame"] for s in samples] == [d != 2 for d in range(9)]
+    assert "frame" not in samples[2].arrays and "frame" in samples[3].arrays
+    # the residual itself is still measured: the same as the in-memory chain's
+    assert np.array_equal(samples[2]["sky"], corrected.residual_skies[2]["sky"], equal_nan=True)
+
+
+def test_the_scale_fit_leaves_out_detectors_without_a_sky_frame(
+    sky_pipeline, masked_science_visit, corrected
+) -> None:
+    samples = _samples(sky_pipeline, masked_science_visit, corrected, lambda d: d not in (2, 7))
+    result = SkyFrameScaleTask().run(residual_skies=samples)
+    scale = result.sky_scale
+    assert scale["detectors"] == [0, 1, 3, 4, 5, 6, 8]
+    assert scale["without_sky_frame"] == [2, 7]
+    expected = fit_sky_frame_scale(
+        [s["sky"] for s in samples if s.attrs["has_sky_frame"]],
+        [s["frame"] for s in samples if s.attrs["has_sky_frame"]],
+    )
+    assert scale["scale"] == pytest.approx(expected.scale, rel=1e-12)
+    assert scale["scale"] == pytest.approx(1.0, abs=0.03)
+    assert "warning" not in result.summary()
+
+
+def test_a_visit_without_any_sky_frame_gets_no_scale_and_a_warning(
+    sky_pipeline, masked_science_visit, corrected
+) -> None:
+    samples = _samples(sky_pipeline, masked_science_visit, corrected, lambda d: False)
+    result = SkyFrameScaleTask().run(residual_skies=samples)
+    assert result.sky_scale["scale"] is None and result.sky_scale["detectors"] == []
+    assert result.sky_scale["without_sky_frame"] == list(range(9))
+    summary = result.summary()
+    assert summary["scale"] is None and summary["n_bins"] == 0
+    assert summary["warning"] == "visit 101: no CCD has a sky frame; no sky correction"
+
+
+@pytest.mark.parametrize("missing", ["frame", "scale"])
+def test_without_a_frame_or_a_scale_the_exposure_passes_unchanged(
+    sky_pipeline, science_visit, corrected, missing
+) -> None:
+    exposure = science_visit[4]
+    frame = None if missing == "frame" else sky_pipeline.frames[4].sky_frame_binned
+    sky_scale = corrected.sky_scale if missing == "frame" else {"scale": None, "visit": 101}
+    result = SubtractSkyFrameTask().run(
+        exposure=exposure,
+        sky_scale=sky_scale,
+        focal_plane_background=corrected.focal_plane_background,
+        detector=sky_pipeline.data.camera[4],
+        sky_frame=frame,
+    )
+    out = result.exposure
+    assert np.array_equal(out.image, exposure.image)
+    assert np.array_equal(out.mask, exposure.mask)
+    record = out.metadata["sky_correction"]
+    assert record["applied"] is False
+    reason = {"frame": "detector 4: no sky frame", "scale": "visit 101: no sky-frame scale"}
+    assert record["reason"].startswith(reason[missing])
+    assert result.summary() == {"scale": None, "warning": record["reason"]}
+
+
+def test_an_applied_correction_is_recorded_as_applied(sky_pipeline, corrected) -> None:
+    record = corrected.exposures[0].metadata["sky_correction"]
+    assert record == {"applied": True, "scale": corrected.sky_scale["scale"]}
