@@ -131,6 +131,10 @@ def run_quantum(spec: QuantumSpec) -> dict[str, Any]:
             # crashed earlier attempt may have left the others; writes are atomic either way
             repo.put(value, dataset_type, overwrite=True, provenance=provenance, **spec.data_id)
             written.append(dataset_type)
+        # only once every output is settled: a resume then skips the quantum (all its outputs
+        # exist or are recorded as not produced) instead of rerunning it on every run
+        for dataset_type in not_produced:
+            repo.mark_not_produced(dataset_type, provenance=provenance, **spec.data_id)
         summary = _jsonable(result.summary()) if callable(getattr(result, "summary", None)) else {}
     except BaseException as exc:
         publish_event(spec, "failed", error=f"{type(exc).__name__}: {exc}"[:500])

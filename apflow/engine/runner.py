@@ -157,7 +157,20 @@ def plan(
             for item in stage.inputs:
                 known.update(dimensions_of(item.dataset_type))
         selection.check_keys(known)
-    return QuantumGraph.build(loaded, repository.data_ids, dimensions_of, selection, redo)
+    regions = None
+    if any(i.spatial for s in loaded.stages for i in s.inputs):
+        from ..io.regions import RegionReader
+
+        regions = RegionReader(repository)
+    return QuantumGraph.build(
+        loaded,
+        repository.data_ids,
+        dimensions_of,
+        selection,
+        redo,
+        regions,
+        getattr(repository, "not_produced_ids", None),
+    )
 
 
 def _register_dataset_types(workflow: Workflow, repository: Any) -> None:

@@ -8,6 +8,7 @@
   ``dataframe`` (Parquet), ``json`` (``dict``), ``avro``/``png``/``fits`` (file bytes).
 - Atomic writes on every backend through a commit marker written last (:mod:`apflow.io.atomic`).
 - Nothing is ever unpickled: only JSON, Zarr, Parquet and the bytes of Avro, PNG and FITS files.
+- Sky regions of stored exposures from their headers, for planning (:mod:`apflow.io.regions`).
 - FITS (:mod:`apflow.io.fits`): :func:`read_exposure_fits`, :func:`ingest_fits`,
   :func:`write_exposure_fits`.
 
@@ -21,13 +22,16 @@
 from .datasets import BUILTIN_DATASET_TYPES, STORAGE_EXTENSIONS, DatasetType
 from .exposure_zarr import ArrayBundle
 from .fits import ingest_fits, read_exposure_fits, write_exposure_fits
+from .regions import DatasetRegion, RegionReader
 from .repository import Repository
 
 __all__ = [
     "BUILTIN_DATASET_TYPES",
     "STORAGE_EXTENSIONS",
     "ArrayBundle",
+    "DatasetRegion",
     "DatasetType",
+    "RegionReader",
     "Repository",
     "ingest_fits",
     "read_exposure_fits",

@@ -11,6 +11,10 @@ means damage. The group's attributes hold everything else as strict JSON
 ``apflow``        ``{"format": "exposure", "format_version": 1, "apflow_version": ...}``
 ``wcs``           FITS header cards ``[[keyword, value, comment], ...]`` from
                   ``WCS.to_header(relax=True)`` at 17 significant digits (SIP included), or null
+``sky_corners``   ``[[ra, dec], ...]`` (degrees) of the four outer pixel corners through the WCS
+                  (:func:`apflow.core.region.pixel_corners_radec`), or null: planning places an
+                  exposure on the sky from this alone (:func:`read_exposure_header`), since
+                  building an astropy WCS costs milliseconds per exposure; older groups lack it
 ``psf``           ``Psf.to_dict()`` or null
 ``photo_calib``   ``PhotoCalib.to_dict()`` or null
 ``visit_info``    ``VisitInfo.to_dict()`` or null
@@ -39,6 +43,7 @@ direct path does the same work as a FITS read (allocate, then write every output
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import mmap
 import os
@@ -63,6 +68,8 @@ from zarr.storage import LocalStore, WrapperStore
 
 from .. import __version__
 from ..core import Exposure, MaskPlanes, PhotoCalib, VisitInfo, psf_from_dict
+from ..core.region import pixel_corners_radec
+from . import strict_json
 from .strict_json import from_jsonable, to_jsonable
 
 #: Lossless compressor of every pixel array (chosen from benchmarks/io.py, see module docstring).
@@ -207,6 +214,7 @@ def write_exposure(store: Any, exposure: Exposure, provenance: Mapping[str, Any]
             "apflow_version": __version__,
         },
         "wcs": wcs_to_cards(exposure.wcs) if exposure.wcs is not None else None,
+        "sky_corners": _sky_corners(exposure),
         "psf": exposure.psf.to_dict() if exposure.psf is not None else None,
         "photo_calib": exposure.photo_calib.to_dict() if exposure.photo_calib else None,
         "visit_info": exposure.visit_info.to_dict() if exposure.visit_info else None,
@@ -239,6 +247,76 @@ def read_exposure(store: Any) -> Exposure:
         detector=attrs.get("detector"),
         metadata=attrs.get("metadata") or {},
     )
+
+
+@dataclass(frozen=True)
+class ExposureHeader:
+    """What an exposure says about itself without its pixels: enough to place it on the sky.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(height, width)`` of the image plane.
+    wcs_cards : list or None
+        The stored WCS header cards; :attr:`wcs` builds the astropy WCS from them on first use.
+    sky_corners : list or None
+        ``[[ra, dec], ...]`` of the outer pixel corners, when the writer stored them.
+    visit_info : VisitInfo or None
+    detector : int or None
+    metadata : dict
+    """
+
+    shape: tuple[int, int]
+    wcs_cards: list[list[Any]] | None
+    sky_corners: list[list[float]] | None
+    visit_info: VisitInfo | None
+    detector: int | None
+    metadata: dict[str, Any]
+
+    @functools.cached_property
+    def wcs(self) -> WCS | None:
+        """The exposure's WCS (None without one)."""
+        return cards_to_wcs(self.wcs_cards) if self.wcs_cards else None
+
+
+def read_exposure_header(backend: Any, path: str) -> ExposureHeader:
+    """Read an exposure's attributes and image shape: two small JSON documents, no chunks.
+
+    The Zarr v3 metadata documents (``zarr.json`` of the group and of its ``image`` array) are
+    read directly: opening the group through zarr costs a few milliseconds of event-loop round
+    trips, which planning would pay for every template patch of a survey.
+    """
+    group = strict_json.loads(backend.read_bytes(f"{path}/zarr.json"))
+    image = strict_json.loads(backend.read_bytes(f"{path}/image/zarr.json"))
+    if group.get("node_type") != "group" or image.get("node_type") != "array":
+        raise ValueError("not a Zarr v3 group with an 'image' array")
+    attrs = group.get("attributes") or {}
+    found = (attrs.get("apflow") or {}).get("format")
+    if found != "exposure":
+        raise ValueError(f"Zarr group holds {found or 'no apflow data'!r}, expected 'exposure'")
+    shape = image.get("shape")
+    if not isinstance(shape, list) or len(shape) != 2:
+        raise ValueError(f"member 'image' is not a 2-d array (shape {shape!r})")
+    return ExposureHeader(
+        shape=(int(shape[0]), int(shape[1])),
+        wcs_cards=attrs.get("wcs") or None,
+        sky_corners=attrs.get("sky_corners") or None,
+        visit_info=VisitInfo.from_dict(attrs["visit_info"]) if attrs.get("visit_info") else None,
+        detector=attrs.get("detector"),
+        metadata=attrs.get("metadata") or {},
+    )
+
+
+def _sky_corners(exposure: Exposure) -> list[list[float]] | None:
+    if exposure.wcs is None or exposure.image.ndim != 2:
+        return None
+    try:
+        ra, dec = pixel_corners_radec(exposure.wcs, exposure.image.shape)
+    except Exception:  # noqa: BLE001 - an odd WCS (not 2-d celestial): readers use the cards
+        return None
+    if not (np.isfinite(ra).all() and np.isfinite(dec).all()):
+        return None
+    return [[float(r), float(d)] for r, d in zip(ra, dec, strict=True)]
 
 
 def write_arrays(store: Any, bundle: ArrayBundle, provenance: Mapping[str, Any] | None) -> None:

@@ -37,9 +37,12 @@ from . import strict_json
 from .atomic import MARKER, MarkerError, clean_dataset_dir, read_commit, read_dataset, write_dataset
 from .backend import TMP_PREFIX, Backend
 from .datasets import BUILTIN_DATASET_TYPES, DatasetType, parse_path_value
+from .exposure_zarr import ExposureHeader, read_exposure_header
 from .formats import FORMATS
 
 CONFIG_FILE = "apflow.json"
+#: Beside a dataset that a task chose not to produce (see :meth:`Repository.mark_not_produced`).
+NOT_PRODUCED = "_NOT_PRODUCED.json"
 CONFIG_VERSION = 1
 
 
@@ -309,6 +312,45 @@ class Repository:
             raise DatasetNotFoundError(dataset_type, did, where=self.url)
         return result[0]
 
+    def exposure_header(self, dataset_type: str, **data_id: Any) -> ExposureHeader:
+        """Read an exposure's shape, WCS, visit info and metadata without its pixels.
+
+        Planning uses it to place datasets on the sky (:mod:`apflow.io.regions`).
+
+        Raises
+        ------
+        StorageTypeError
+            If the dataset type is not stored as an exposure.
+        DatasetNotFoundError, CorruptDatasetError
+        """
+        dtype = self.dataset_type(dataset_type)
+        did = dtype.validate_data_id(data_id)
+        if dtype.storage != "exposure":
+            raise StorageTypeError(
+                dataset_type, did, f"storage is {dtype.storage!r}, not an exposure: no header"
+            )
+        backend = self._backend
+        directory = self._dataset_dir(dtype, did)
+        try:
+            result = read_dataset(
+                backend,
+                directory,
+                lambda path: read_exposure_header(backend, path),
+                multi_object=True,
+            )
+        except MarkerError as exc:
+            raise CorruptDatasetError(dataset_type, did, str(exc)) from exc
+        except Exception as exc:
+            raise CorruptDatasetError(
+                dataset_type,
+                did,
+                f"cannot read the header of {backend.full_url(directory)}: "
+                f"{type(exc).__name__}: {exc}",
+            ) from exc
+        if result is None:
+            raise DatasetNotFoundError(dataset_type, did, where=self.url)
+        return result[0]
+
     def exists(self, dataset_type: str, **data_id: Any) -> bool:
         """True if the dataset exists and is complete."""
         dtype = self.dataset_type(dataset_type)
@@ -330,8 +372,51 @@ class Repository:
         list of dict
             Keys in dimension order; sorted by the values in that order (integers before names).
         """
+        return self._find_ids(dataset_type, constraints, MARKER)
+
+    def mark_not_produced(
+        self,
+        dataset_type: str,
+        *,
+        provenance: Mapping[str, Any] | None = None,
+        **data_id: Any,
+    ) -> None:
+        """Record that a completed task chose not to produce this dataset (its result was None).
+
+        The engine's resume treats the dataset as done, so the quantum is not rerun. The record
+        is a small JSON file beside where the dataset would be (``_NOT_PRODUCED.json``), written
+        atomically; the dataset itself still does not exist. :meth:`remove` deletes it, and a
+        dataset written later takes precedence.
+
+        Raises
+        ------
+        InvalidDataIdError, UnknownDatasetTypeError
+        """
         dtype = self.dataset_type(dataset_type)
-        wanted = dtype.validate_constraints(constraints)
+        did = dtype.validate_data_id(data_id)
+        record = {
+            "dataset_type": dataset_type,
+            "data_id": did,
+            "written": _now(),
+            "apflow_version": __version__,
+            "provenance": strict_json.to_jsonable(dict(provenance or {})),
+        }
+        path = f"{self._dataset_dir(dtype, did)}/{NOT_PRODUCED}"
+        self._backend.write_file_atomic(path, strict_json.dumps(record))
+
+    def not_produced_ids(self, dataset_type: str, **constraints: Any) -> list[DataId]:
+        """Data ids recorded by :meth:`mark_not_produced`, sorted as :meth:`data_ids`.
+
+        Some of them may exist as well (produced by a later run); :meth:`exists` decides.
+        """
+        return self._find_ids(dataset_type, constraints, NOT_PRODUCED)
+
+    def _find_ids(
+        self, dataset_type: str, constraints: Mapping[str, Any], filename: str
+    ) -> list[DataId]:
+        """Data ids of the dataset directories of a type that hold ``filename``."""
+        dtype = self.dataset_type(dataset_type)
+        wanted = dtype.validate_constraints(dict(constraints))
         dims = dtype.dimensions
         # leading dimensions fixed by the constraints narrow the listing to one subdirectory
         fixed = 0
@@ -342,7 +427,7 @@ class Repository:
         found = []
         for rel in self._backend.find_files(base, max_depth=depth):
             parts = rel.split("/")
-            if len(parts) != depth or parts[-1] != MARKER:
+            if len(parts) != depth or parts[-1] != filename:
                 continue
             did = {d: wanted[d] for d in dims[:fixed]}
             for dim, part in zip(dims[fixed:], parts[:-1], strict=True):
@@ -356,7 +441,8 @@ class Repository:
         return sorted(found, key=lambda d: [_sort_key(d[k]) for k in dims])
 
     def remove(self, dataset_type: str, **data_id: Any) -> None:
-        """Delete a dataset (its marker first, so it disappears at once).
+        """Delete a dataset (its marker first, so it disappears at once), and any record that it
+        was not produced (:meth:`mark_not_produced`).
 
         Raises
         ------
@@ -367,8 +453,12 @@ class Repository:
         directory = self._dataset_dir(dtype, did)
         backend = self._backend
         if backend.read_bytes_or_none(f"{directory}/{MARKER}") is None:
-            raise DatasetNotFoundError(dataset_type, did, where=self.url)
-        backend.remove(f"{directory}/{MARKER}")
+            if backend.read_bytes_or_none(f"{directory}/{NOT_PRODUCED}") is None:
+                raise DatasetNotFoundError(dataset_type, did, where=self.url)
+        else:
+            backend.remove(f"{directory}/{MARKER}")
+        # a "not produced" record must not outlive the dataset: a resume would skip its quantum
+        backend.remove(f"{directory}/{NOT_PRODUCED}")
         clean_dataset_dir(backend, directory, dtype.filename)
         backend.remove_empty_parents(directory, stop=backend.root)
 
