@@ -13,7 +13,14 @@ two worker processes on 127.0.0.1, both writing the APDB. The science targets of
 - **false DiaSources** (farther than 1" from every ``truth_dia`` object of the visit) fewer
   than 5 per CCD in every visit;
 - **transient PSF fluxes**: median ``psfFlux / diff_flux`` within 3% of 1 and the standard
-  deviation of the pulls ``(psfFlux - diff_flux) / psfFluxErr`` within 15% of 1;
+  deviation of the pulls ``(psfFlux - diff_flux) / psfFluxErr`` within 15% of 1 at S/N >= 10;
+  at S/N >= 50 the median within 1% and the pull std again within 15% of 1. Blends are left
+  out of these statistics (and only of these): a truth object with another simulated source
+  -- star, galaxy (their ``r_flux``), variable, transient or mover (their ``|diff_flux|``) --
+  brighter than 10% of its ``|diff_flux|`` within 2 PSF FWHM in that visit. Nothing deblends
+  DiaSources, so such a PSF flux measures the pair (a transient 2.1 px from another of a
+  third of its flux came out at 1.26 times its own flux, a pull of +15). The plain pull std is
+  asserted, no robust estimate;
 - **association**: every variable and transient detected in several visits has exactly one
   DiaObject, and no DiaObject holds the sources of two simulated objects;
 - **solar-system association**: >= 99% of the detected known movers carry their own
@@ -26,11 +33,16 @@ two worker processes on 127.0.0.1, both writing the APDB. The science targets of
   field (cutouts included; ``timeProcessedMjdTai`` aside, which the history records carry from
   the APDB rows that the visit rerun rewrote).
 
-Six visits rather than the issue's ten keep the module under ~90 s on a busy two-core machine;
-variables and transients still give >= 20 objects at S/N >= 10 each. Measured (seed 3): 31 of 32
-variables and 55 of 55 transients at S/N >= 10 found (the missed one is 5 px from the edge);
-at most 3 false DiaSources per visit; transients' median flux ratio 1.008 and pull std 0.97
-(variables: 0.996 and 1.21); 12 of 13 known movers detected, all 12 associated.
+Ten visits, as the issue asks: the module takes ~110 s on a busy two-core machine (90 s of it
+the fixture: simulation and ``nightly``), as six visits did before. Measured (seed 3): 65 of 65
+variables and 95 of 96 transients at S/N >= 10 found (the missed one is 5 px from the edge);
+0-4 false DiaSources per visit (9 in all: 4 around one 160k nJy star 55 px from the CCD edge,
+where no kernel star constrains the spatial kernel and the difference keeps -1.5% of the star
+in its core, the others at bright stars and galaxies and noise peaks); transients (58
+unblended at S/N >= 10) median flux ratio 1.003 and pull std 1.03, at S/N >= 50 (36) 1.0015
+and 1.11. The high-S/N pulls carry calibrate's PSF-model and zero-point errors (~0.5% each in
+flux, checked against the true PSF and truth fluxes) and the simulator's truncated star stamps
+(normalised to the full flux inside 3 FWHM: PSF fluxes of point sources come out ~0.3% high).
 
 Not simulated here: the fixed 2% sky pattern (``sky_pattern_rms=0``). ``nightly`` has no sky
 correction, and a pattern of 60-250 px periods survives calibration's 128 px background into
@@ -48,6 +60,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from astropy import units as u
 from astropy.coordinates import SkyCoord
 from fastavro.validation import validate
 
@@ -60,9 +73,13 @@ from apflow.sim import simulate
 from apflow.tasks.dia.forced import psf_flux_at
 from apflow.tasks.sso import match_ephemerides
 
-N_VISITS = 6
+N_VISITS = 10
 DETECTOR = 4
 MATCH_RADIUS_ARCSEC = 1.0
+#: A truth object with another simulated source brighter than this fraction of its difference
+#: flux within this many PSF FWHMs is a blend: left out of the flux statistics.
+BLEND_FLUX_FRACTION = 0.1
+BLEND_RADIUS_FWHM = 2.0
 #: Objects closer to the CCD edge than this (px) are left out of the completeness.
 EDGE_MARGIN = 10.0
 SIM_OPTIONS = {
@@ -90,6 +107,31 @@ def _match(sources: pd.DataFrame, truth: pd.DataFrame) -> tuple[np.ndarray, np.n
         truth["ra"].to_numpy(), truth["dec"].to_numpy(), MATCH_RADIUS_ARCSEC,
     )  # fmt: skip
     return np.asarray(si, dtype=np.int64), np.asarray(ti, dtype=np.int64)
+
+
+def _blended(
+    truth: pd.DataFrame, visit_truth: pd.DataFrame, static: pd.DataFrame, radius_arcsec: float
+) -> np.ndarray:
+    """Truth objects with another simulated source within ``radius_arcsec`` brighter than 10%.
+
+    Neighbours are the static sources (stars and galaxies, their ``r_flux``) and the other
+    variables, transients and movers of the visit (their ``|diff_flux|``, the light they put
+    in the difference image); "brighter" compares with the object's ``|diff_flux|``.
+    """
+    obj = SkyCoord(truth["ra"].to_numpy(), truth["dec"].to_numpy(), unit="deg")
+    out = np.zeros(len(truth), bool)
+    limit = BLEND_FLUX_FRACTION * np.abs(truth["diff_flux"].to_numpy())
+    for others, flux, ids in (
+        (static, static["r_flux"].to_numpy(), None),
+        (visit_truth, np.abs(visit_truth["diff_flux"].to_numpy()), visit_truth["id"].to_numpy()),
+    ):
+        near = SkyCoord(others["ra"].to_numpy(), others["dec"].to_numpy(), unit="deg")
+        i, j, _, _ = near.search_around_sky(obj, radius_arcsec * u.arcsec)
+        if ids is not None:  # an object is not its own neighbour
+            other = ids[j] != truth["id"].to_numpy()[i]
+            i, j = i[other], j[other]
+        out[i[flux[j] > limit[i]]] = True
+    return out
 
 
 def _nearest_arcsec(sources: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
@@ -132,6 +174,9 @@ def collect(url: str) -> Run:
     """DiaSources and truth of every visit, matched."""
     repo = Repository(url)
     truth_all = repo.get("truth_dia")
+    static = repo.get("truth_sources")
+    exposures = repo.get("truth_exposures")
+    seeing = exposures[exposures.detector == DETECTOR].set_index("visit")["psf_fwhm_center"]
     truths, frames = [], []
     for visit in range(1, N_VISITS + 1):
         sources = repo.get("dia_source", visit=visit, detector=DETECTOR).reset_index(drop=True)
@@ -140,6 +185,8 @@ def collect(url: str) -> Run:
         truth = visit_truth[visit_truth.detector == DETECTOR].reset_index(drop=True)
         at_truth = psf_flux_at(diff, truth["x"].to_numpy(), truth["y"].to_numpy())
         truth["snr_true"] = truth["diff_flux"] / at_truth.flux_err
+        radius = BLEND_RADIUS_FWHM * float(seeing[visit])
+        truth["blended"] = _blended(truth, visit_truth, static, radius)
         si, ti = _match(sources, truth)
         truth["diaSourceId"] = -1
         truth.loc[ti, "diaSourceId"] = sources["diaSourceId"].to_numpy()[si]
@@ -184,14 +231,29 @@ def test_few_false_dia_sources_per_ccd(run):
     assert per_visit.max() < 5, per_visit.to_dict()
 
 
-def test_transient_psf_fluxes_match_truth_with_honest_errors(run):
+def _transient_flux_statistics(run: Run, min_snr: float) -> tuple[int, float, float]:
+    """Number, median ``psfFlux / diff_flux`` and pull std of unblended detected transients."""
     t = run.truth
-    bright = t[(t.kind == "transient") & (t.snr_true >= 10) & (t.diaSourceId >= 0)]
-    assert len(bright) >= 20
+    bright = t[
+        (t.kind == "transient") & (t.snr_true >= min_snr) & (t.diaSourceId >= 0) & ~t.blended
+    ]
     ratio = bright.psfFlux / bright.diff_flux
     pull = (bright.psfFlux - bright.diff_flux) / bright.psfFluxErr
-    assert abs(float(np.median(ratio)) - 1.0) < 0.03, float(np.median(ratio))
-    assert 0.85 < float(np.std(pull)) < 1.15, float(np.std(pull))
+    return len(bright), float(np.median(ratio)), float(np.std(pull))
+
+
+def test_transient_psf_fluxes_match_truth_with_honest_errors(run):
+    n, ratio, pull_std = _transient_flux_statistics(run, 10.0)
+    assert n >= 20, n
+    assert abs(ratio - 1.0) < 0.03, ratio
+    assert 0.85 < pull_std < 1.15, pull_std
+
+
+def test_bright_transient_fluxes_are_unbiased_with_honest_errors(run):
+    n, ratio, pull_std = _transient_flux_statistics(run, 50.0)
+    assert n >= 10, n
+    assert abs(ratio - 1.0) < 0.01, ratio
+    assert 0.85 < pull_std < 1.15, pull_std
 
 
 def test_one_dia_object_per_simulated_object(run):

@@ -40,7 +40,8 @@ class Scene:
     templates: list[Exposure]
     star_ra: np.ndarray
     star_dec: np.ndarray
-    star_flux: np.ndarray
+    star_flux: np.ndarray  # in the template
+    star_science_flux: np.ndarray  # differs from star_flux for variable stars
     star_x: np.ndarray  # science pixels
     star_y: np.ndarray
     transient_x: np.ndarray
@@ -97,6 +98,8 @@ def make_scene(
     noise: bool = True,
     template_offset_arcsec: float = 0.0,
     wing_floor: float = 0.5,
+    variable_fraction: float = 0.0,
+    science_sky_sigma: float = 20.0,
 ) -> Scene:
     """Render a science exposure and its template patches.
 
@@ -124,6 +127,12 @@ def make_scene(
         Move the tract centre by this much (far away gives no overlap).
     wing_floor : float
         nJy per pixel at which star stamps are truncated (well below the noise).
+    variable_fraction : float
+        Fraction of the stars that are variable: their science flux is their template flux
+        times a factor uniform in 0.5-1.5 (``Scene.star_science_flux``; a separate random
+        stream, so the rest of the scene does not change with it).
+    science_sky_sigma : float
+        Sky noise of the science image, nJy per pixel.
     """
     rng = np.random.default_rng(seed)
     sci_wcs = science_wcs(size, rotation_deg)
@@ -137,13 +146,19 @@ def make_scene(
     ra, dec = tract.all_pix2world(tx, ty, 0)
     flux = np.exp(rng.uniform(math.log(1e3), math.log(3e6), n_stars))
     sx, sy = sci_wcs.all_world2pix(ra, dec, 0)
+    variability = np.random.default_rng([seed, 7])
+    science_flux = flux * np.where(
+        variability.random(n_stars) < variable_fraction,
+        variability.uniform(0.5, 1.5, n_stars),
+        1.0,
+    )
 
     psf_s = science_psf(size, science_fwhm)
-    sci_sigma = 20.0
+    sci_sigma = science_sky_sigma
     sci_source_term = 0.05  # nJy: variance per nJy of model flux
     model = np.zeros((size, size))
     near = (sx > -200) & (sx < size + 200) & (sy > -200) & (sy < size + 200)
-    render_stars(model, sx[near], sy[near], flux[near], psf_s, wing_floor=wing_floor)
+    render_stars(model, sx[near], sy[near], science_flux[near], psf_s, wing_floor=wing_floor)
     tr_x, tr_y, tr_flux = _transients(rng, sx, sy, size, n_transients)
     render_stars(model, tr_x, tr_y, tr_flux, psf_s, wing_floor=wing_floor)
     variance = sci_sigma**2 + sci_source_term * np.maximum(model, 0.0)
@@ -187,8 +202,9 @@ def make_scene(
             )
         )
     return Scene(
-        calexp, templates, ra, dec, flux, sx, sy, tr_x, tr_y, tr_flux, sci_sigma, tmpl_sigma
-    )
+        calexp, templates, ra, dec, flux, science_flux, sx, sy, tr_x, tr_y, tr_flux, sci_sigma,
+        tmpl_sigma,
+    )  # fmt: skip
 
 
 def _transients(

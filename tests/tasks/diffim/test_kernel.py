@@ -9,7 +9,12 @@ from scipy.signal import convolve2d
 from apflow.tasks.diffim import alard_lupton_basis
 from apflow.tasks.diffim.basis import convolve_stamps
 from apflow.tasks.diffim.convolve import convolve_with_solution, grow_mask
-from apflow.tasks.diffim.kernel_fit import KernelSolution, spatial_order_for
+from apflow.tasks.diffim.kernel_fit import (
+    KernelSolution,
+    spatial_order_for,
+    stamp_normal_equations,
+    stamp_scales,
+)
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +97,29 @@ def test_grow_mask_is_or_over_box():
 def test_spatial_order_follows_the_number_of_stamps(n_stamps, max_order, expected):
     # 10 stamps per polynomial term: 3 terms for a linear, 6 for a quadratic variation
     assert spatial_order_for(n_stamps, max_order, 10.0) == expected
+
+
+def test_stamp_scales_measure_each_stamps_flux_ratio_with_its_photon_noise(basis):
+    # reference stamps = s_i x (kernel * image) + noise: the one-parameter fit returns s_i
+    # with the error expected from the weights
+    width, height = 300, 260
+    solution = _random_solution(basis, width, height)
+    rng = np.random.default_rng(4)
+    n, side, half = 200, 15, basis.half
+    offsets = np.arange(side + 2 * half) - (side + 2 * half) // 2
+    star = 5e3 * np.exp(-0.5 * (offsets[:, None] ** 2 + offsets[None, :] ** 2) / 2.0**2)
+    images = np.broadcast_to(star, (n, *star.shape)).copy()
+    x = rng.uniform(0, width - 1, n)
+    y = rng.uniform(0, height - 1, n)
+    convolved = convolve_stamps(images, basis)
+    kernels = solution.spatial_terms(x, y) @ solution.coefficients.T
+    model = np.einsum("nk,nkyx->nyx", kernels, convolved)
+    truth = rng.uniform(0.5, 1.5, n)
+    sigma = 20.0
+    reference = truth[:, None, None] * model + rng.normal(0.0, sigma, model.shape)
+    weights = np.full(model.shape, sigma**-2)
+    normal, rhs = stamp_normal_equations(convolved, reference, weights)
+    scale, error = stamp_scales(solution, normal, rhs, x, y)
+    pulls = (scale - truth) / error
+    assert abs(pulls.mean()) < 0.25 and 0.85 < pulls.std() < 1.15
+    np.testing.assert_allclose(error, sigma / np.sqrt((model**2).sum(axis=(1, 2))), rtol=1e-9)
