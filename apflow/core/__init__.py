@@ -5,7 +5,7 @@ from .dataid import DataId, normalize_data_id
 from .exposure import Exposure, VisitInfo
 from .masks import MaskPlanes, mask_any
 from .photocalib import PhotoCalib, ab_mag_to_njy, njy_to_ab_mag
-from .psf import GaussianPsf, MoffatPsf, Psf, VariablePsf, psf_from_dict
+from .psf import GaussianPsf, MoffatPsf, Psf, VariablePsf, psf_from_dict, psf_to_dict
 
 __all__ = [
     "Camera",
@@ -25,4 +25,5 @@ __all__ = [
     "mask_any",
     "njy_to_ab_mag",
     "psf_from_dict",
+    "psf_to_dict",
 ]

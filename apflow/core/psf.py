@@ -11,6 +11,7 @@ can be stored with an exposure.
 
 from __future__ import annotations
 
+import importlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -30,18 +31,41 @@ def register_psf(cls: type[Psf]) -> type[Psf]:
     return cls
 
 
+def psf_to_dict(psf: Psf) -> dict[str, Any]:
+    """:meth:`Psf.to_dict` plus the module that defines the model's class.
+
+    Storage writes this, so that :func:`psf_from_dict` can restore a model defined outside
+    ``apflow.core`` (e.g. calibrate's pixel PSF) in a process that never imported its module.
+    """
+    data = psf.to_dict()
+    data.setdefault("module", type(psf).__module__)
+    return data
+
+
 def psf_from_dict(data: dict[str, Any]) -> Psf:
-    """Rebuild a PSF model from :meth:`Psf.to_dict` output.
+    """Rebuild a PSF model from :func:`psf_to_dict` (or :meth:`Psf.to_dict`) output.
+
+    A model type not registered yet is looked up by importing the module named in the data
+    (installed code only: a data file cannot bring code of its own).
 
     Raises
     ------
     ValueError
-        If the ``type`` is unknown.
+        If the ``type`` is unknown (not registered, and its module cannot be imported or does
+        not register it).
     """
     kind = data.get("type")
+    module = data.get("module")
+    if kind not in _REGISTRY and isinstance(module, str):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(
+                f"PSF model type {kind!r}: cannot import its module {module!r} ({exc})"
+            ) from None
     if kind not in _REGISTRY:
         raise ValueError(f"unknown PSF model type {kind!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[kind].from_dict(data)
+    return _REGISTRY[kind].from_dict({k: v for k, v in data.items() if k != "module"})
 
 
 class Psf(ABC):

@@ -67,7 +67,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, WrapperStore
 
 from .. import __version__
-from ..core import Exposure, MaskPlanes, PhotoCalib, VisitInfo, psf_from_dict
+from ..core import Exposure, MaskPlanes, PhotoCalib, VisitInfo, psf_from_dict, psf_to_dict
 from ..core.region import pixel_corners_radec
 from . import strict_json
 from .strict_json import from_jsonable, to_jsonable
@@ -215,7 +215,7 @@ def write_exposure(store: Any, exposure: Exposure, provenance: Mapping[str, Any]
         },
         "wcs": wcs_to_cards(exposure.wcs) if exposure.wcs is not None else None,
         "sky_corners": _sky_corners(exposure),
-        "psf": exposure.psf.to_dict() if exposure.psf is not None else None,
+        "psf": psf_to_dict(exposure.psf) if exposure.psf is not None else None,
         "photo_calib": exposure.photo_calib.to_dict() if exposure.photo_calib else None,
         "visit_info": exposure.visit_info.to_dict() if exposure.visit_info else None,
         "detector": exposure.detector,

@@ -30,7 +30,7 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ..core import Exposure, MaskPlanes, PhotoCalib, VisitInfo, psf_from_dict
+from ..core import Exposure, MaskPlanes, PhotoCalib, VisitInfo, psf_from_dict, psf_to_dict
 from ..errors import ApflowError, IngestError
 from . import strict_json
 from .exposure_zarr import wcs_to_header
@@ -137,7 +137,10 @@ def write_exposure_fits(
     for attr, key in _JSON_CARDS.items():
         value = getattr(exposure, attr)
         if value:
-            data = value if attr == "metadata" else value.to_dict()
+            if attr == "metadata":
+                data = value
+            else:
+                data = psf_to_dict(value) if attr == "psf" else value.to_dict()
             header[key] = strict_json.dumps(data).decode().replace("\n", "")
     wcs_header = wcs_to_header(exposure.wcs) if exposure.wcs is not None else fits.Header()
     hdus = [primary]
