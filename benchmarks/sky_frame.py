@@ -75,8 +75,12 @@ def simulate_repo(path: Path, n_detectors: int, n_visits: int) -> Any:
     return Repository(str(path))
 
 
-def serial_loop(repo: Any) -> dict[str, float]:
-    """The workflow's tasks in a plain loop with the same reads and writes; seconds per stage."""
+def serial_loop(repo: Any) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The workflow's tasks in a plain loop with the same reads and writes.
+
+    Returns seconds per stage, and per stage the seconds spent in ``repo.get`` (read) and
+    ``repo.put`` (write), the rest being the tasks (compute).
+    """
     from apflow.engine import plan
     from apflow.tasks.sky import (
         FocalPlaneBackgroundTask,
@@ -93,63 +97,79 @@ def serial_loop(repo: Any) -> dict[str, float]:
     visits = sorted({v for v, _ in ids})
     detectors = sorted({d for _, d in ids})
     seconds: dict[str, float] = defaultdict(float)
+    io: dict[str, dict[str, float]] = defaultdict(lambda: {"read": 0.0, "write": 0.0})
+    current = [""]
+
+    def get(dataset_type: str, **data_id: Any) -> Any:
+        t0 = time.perf_counter()
+        value = repo.get(dataset_type, **data_id)
+        io[current[0]]["read"] += time.perf_counter() - t0
+        return value
 
     def put(obj: Any, dataset_type: str, **data_id: Any) -> None:
+        t0 = time.perf_counter()
         repo.put(obj, dataset_type, overwrite=True, **data_id)
+        io[current[0]]["write"] += time.perf_counter() - t0
 
+    current[0] = "mask_objects"
     start = time.perf_counter()
     task = MaskObjectsTask()
     for v, d in ids:
-        put(task.run(exposure=repo.get("post_isr", visit=v, detector=d)).exposure,
+        put(task.run(exposure=get("post_isr", visit=v, detector=d)).exposure,
             "sky_masked", visit=v, detector=d)  # fmt: skip
     seconds["mask_objects"] = time.perf_counter() - start
 
+    current[0] = "focal_plane_partial"
     start = time.perf_counter()
     task = FocalPlanePartialTask()
     for v, d in ids:
-        exposure = repo.get("sky_masked", visit=v, detector=d)
+        exposure = get("sky_masked", visit=v, detector=d)
         result = task.run(exposure=exposure, detector=camera[d], camera=camera)
         put(result.focal_plane_partial, "focal_plane_partial", visit=v, detector=d)
     seconds["focal_plane_partial"] = time.perf_counter() - start
 
+    current[0] = "focal_plane_model"
     start = time.perf_counter()
     task = FocalPlaneBackgroundTask()
     for v in visits:
-        partials = [repo.get("focal_plane_partial", visit=v, detector=d) for d in detectors]
+        partials = [get("focal_plane_partial", visit=v, detector=d) for d in detectors]
         put(task.run(partials=partials).focal_plane_background, "focal_plane_background", visit=v)
     seconds["focal_plane_model"] = time.perf_counter() - start
 
+    current[0] = "measure_sky"
     start = time.perf_counter()
     task = SkyMeasurementTask()
     for v, d in ids:
         result = task.run(
-            exposure=repo.get("sky_masked", visit=v, detector=d),
-            focal_plane_background=repo.get("focal_plane_background", visit=v),
+            exposure=get("sky_masked", visit=v, detector=d),
+            focal_plane_background=get("focal_plane_background", visit=v),
             detector=camera[d],
         )
         put(result.residual_sky, "residual_sky", visit=v, detector=d)
     seconds["measure_sky"] = time.perf_counter() - start
 
+    current[0] = "combine_sky"
     start = time.perf_counter()
     task = SkyCombineTask()
     for d in detectors:
-        residuals = [repo.get("residual_sky", visit=v, detector=d) for v in visits]
+        residuals = [get("residual_sky", visit=v, detector=d) for v in visits]
         result = task.run(residual_skies=residuals, detector=camera[d])
         put(result.sky_frame, "sky_frame", detector=d)
         put(result.sky_frame_binned, "sky_frame_binned", detector=d)
     seconds["combine_sky"] = time.perf_counter() - start
 
+    current[0] = "sky_camera"
     start = time.perf_counter()
-    frames = [repo.get("sky_frame_binned", detector=d) for d in detectors]
+    frames = [get("sky_frame_binned", detector=d) for d in detectors]
     result = SkyCameraTask().run(sky_frames=frames, camera=camera)
     put(result.sky_camera, "sky_camera")
     put(result.sky_camera_png, "sky_camera_png")
     seconds["sky_camera"] = time.perf_counter() - start
-    return dict(seconds)
+    return dict(seconds), dict(io)
 
 
-def engine_run(repo: Any, n_workers: int) -> tuple[float, dict[str, float]]:
-    """Wall seconds of a full recomputation and the task seconds per stage."""
+def engine_run(repo: Any, n_workers: int) -> tuple[float, dict[str, Any]]:
+    """Wall seconds of a full recomputation and each stage's summary (task/read/write s)."""
     from distributed import Client
 
     import apflow
@@ -162,7 +182,7 @@ def engine_run(repo: Any, n_workers: int) -> tuple[float, dict[str, float]]:
         summary = apflow.run("sky_frame", repo, client=client, redo=True, progress=False)
         wall = time.perf_counter() - start
     assert summary.ok, summary.as_table()
-    return wall, {name: s.task_seconds for name, s in summary.stages.items()}
+    return wall, dict(summary.stages)
 
 
 def best_of(repeats: int, function: Any, *args: Any) -> tuple[float, Any]:
@@ -272,7 +292,7 @@ def synthetic_residual_stack(n_detectors: int, n_visits: int) -> np.ndarray:
 def run_workflow(repo: Any, n_ccds: int, pixels: int) -> None:
     """Parts 2-3: the serial loop, then the engine on 1 and 2 workers."""
     start = time.perf_counter()
-    serial_stages = serial_loop(repo)
+    serial_stages, serial_io = serial_loop(repo)
     serial = time.perf_counter() - start
     wall1, stages1 = engine_run(repo, 1)
     wall2, stages2 = engine_run(repo, 2)
@@ -291,13 +311,21 @@ def run_workflow(repo: Any, n_ccds: int, pixels: int) -> None:
     )
     for workers, wall, stages in ((1, wall1, stages1), (2, wall2, stages2)):
         # scheduling quality, insensitive to other jobs slowing the quanta down
-        busy = sum(stages.values()) / (workers * wall)
+        busy = sum(s.task_seconds for s in stages.values()) / (workers * wall)
         print(f"   {workers} worker(s): workers busy in quanta {100 * busy:5.1f}% of the wall time")
     print("   per stage, seconds     serial loop   engine 1 worker   engine 2 workers (task s)")
     for stage in STAGES:
         print(
-            f"   {stage:22s} {serial_stages[stage]:11.1f}   {stages1[stage]:15.1f}"
-            f"   {stages2[stage]:16.1f}"
+            f"   {stage:22s} {serial_stages[stage]:11.1f}   {stages1[stage].task_seconds:15.1f}"
+            f"   {stages2[stage].task_seconds:16.1f}"
+        )
+    print("   read / compute / write s   serial loop          engine 1 worker")
+    for stage in STAGES:
+        read, write = serial_io[stage]["read"], serial_io[stage]["write"]
+        one = stages1[stage]
+        print(
+            f"   {stage:22s} {read:6.1f} {serial_stages[stage] - read - write:6.1f} {write:6.1f}"
+            f"   {one.read_seconds:6.1f} {one.compute_seconds:6.1f} {one.write_seconds:6.1f}"
         )
 
 

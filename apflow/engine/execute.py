@@ -284,7 +284,11 @@ def execute(
             last_done[quantum.stage] = time.time()
             if result is not None:
                 record(quantum, "done")
-                summary.stages[quantum.stage].task_seconds += result.get("seconds", 0.0)
+                stage_summary = summary.stages[quantum.stage]
+                stage_summary.task_seconds += result.get("seconds", 0.0)
+                stage_summary.read_seconds += result.get("read_seconds", 0.0)
+                stage_summary.compute_seconds += result.get("compute_seconds", 0.0)
+                stage_summary.write_seconds += result.get("write_seconds", 0.0)
                 summary.results.append(
                     {"stage": quantum.stage, "data_id": dict(quantum.data_id), **result}
                 )

@@ -74,7 +74,8 @@ def run_quantum(spec: QuantumSpec) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``key``, ``status`` ("done"), ``start``/``end`` (POSIX s), ``seconds``, ``written`` and
+        ``key``, ``status`` ("done"), ``start``/``end`` (POSIX s), ``seconds`` (of which
+        ``read_seconds``, ``compute_seconds`` and ``write_seconds``), ``written`` and
         ``not_produced`` (dataset types), ``summary`` (the result's small numbers).
 
     Raises
@@ -91,6 +92,7 @@ def run_quantum(spec: QuantumSpec) -> dict[str, Any]:
         kwargs, read_ids = _read_inputs(repo, spec)
         kwargs.update(_context(repo, spec, read_ids))
         task = _task_class(spec.task)(spec.config)
+        read_done = time.time()
 
         def provenance_until(end: float) -> dict[str, Any]:
             return quantum_provenance(
@@ -146,6 +148,10 @@ def run_quantum(spec: QuantumSpec) -> dict[str, Any]:
         "start": start,
         "end": end,
         "seconds": end - start,
+        # where a quantum's time goes: reading inputs, the task, writing outputs
+        "read_seconds": read_done - start,
+        "compute_seconds": computed - read_done,
+        "write_seconds": end - computed,
         "written": written,
         "not_produced": not_produced,
         "summary": summary,

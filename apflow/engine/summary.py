@@ -43,6 +43,10 @@ class Failure:
         return f"{self.stage} [{format_data_id(self.data_id)}]: {self.error}"
 
 
+#: Per-stage timing sums (seconds) in :meth:`RunSummary.to_dict`.
+TIMINGS = ("wall_seconds", "task_seconds", "read_seconds", "compute_seconds", "write_seconds")
+
+
 @dataclass
 class StageSummary:
     """Counts and timings of one stage.
@@ -56,6 +60,8 @@ class StageSummary:
         From the first submission of the stage's quanta to the last completion.
     task_seconds : float
         Sum of the quanta's own durations (read + compute + write).
+    read_seconds, compute_seconds, write_seconds : float
+        The parts of ``task_seconds``: reading inputs, running the task, writing outputs.
     """
 
     name: str
@@ -66,6 +72,9 @@ class StageSummary:
     blocked: int = 0
     wall_seconds: float = 0.0
     task_seconds: float = 0.0
+    read_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    write_seconds: float = 0.0
 
     @property
     def finished(self) -> int:
@@ -167,7 +176,7 @@ class RunSummary:
             "ok": self.ok,
             "wall_seconds": self.wall_seconds,
             "stages": {
-                n: {k: getattr(s, k) for k in ("total", *STATUSES, "wall_seconds", "task_seconds")}
+                n: {k: getattr(s, k) for k in ("total", *STATUSES, *TIMINGS)}
                 for n, s in self.stages.items()
             },
             "failures": [vars(f) for f in self.failures],

@@ -65,6 +65,12 @@ def test_run_writes_every_output_with_provenance(repo):
     assert provenance["start"] <= provenance["end"] and provenance["host"]
     config = repo.provenance("image_stats", visit=1, detector=0)["config"]
     assert config["n_sigma"] == 3.0
+    # each stage's time splits into reading inputs, the task and writing outputs
+    for stage in summary.stages.values():
+        parts = (stage.read_seconds, stage.compute_seconds, stage.write_seconds)
+        assert all(p > 0 for p in parts)
+        assert sum(parts) == pytest.approx(stage.task_seconds, rel=1e-6)
+    assert set(summary.to_dict()["stages"]["normalize"]) >= {"read_seconds", "write_seconds"}
 
 
 def test_config_override_reaches_the_task_and_provenance(repo):
