@@ -38,8 +38,9 @@ class BackgroundConfig(TaskConfig):
     Attributes
     ----------
     bin_size : int
-        Nominal side of a bin in pixels (Rubin ``binSize`` 128). The image is divided into
-        ``round(size / bin_size)`` bins per axis of (nearly) equal size.
+        Nominal side of a bin in pixels (Rubin ``binSize`` 128). Along each axis the bins
+        are ``ceil(size / round(size / bin_size))`` px, the last one shorter when they do not
+        divide the size (4004 px in 32 px bins: 121 bins of 33 px and one of 11).
     n_sigma : float
         Clipping threshold of the clipped mean in standard deviations (afw default 3.0).
     n_iter : int
@@ -274,23 +275,26 @@ def estimate_background(
         If every bin lacks enough unmasked pixels.
     """
     height, width = image.shape
-    n_bins_y = max(1, round(height / config.bin_size))
-    n_bins_x = max(1, round(width / config.bin_size))
-    bin_h = math.ceil(height / n_bins_y)
-    bin_w = math.ceil(width / n_bins_x)
+    bin_h = math.ceil(height / max(1, round(height / config.bin_size)))
+    bin_w = math.ceil(width / max(1, round(width / config.bin_size)))
+    # Rounding the size up can leave whole bins past the edge (4004 rows in bins of 33 px:
+    # 125 bins would end at row 4125); only bins that hold pixels are kept.
+    n_bins_y = math.ceil(height / bin_h)
+    n_bins_x = math.ceil(width / bin_w)
 
     ignored = ~np.isfinite(image)
     if mask is not None:
         ignored |= (mask & MaskPlanes.bits(*config.ignored_mask_planes)) != 0
-        detected = (mask & MaskPlanes.bits("DETECTED")) != 0
-        if config.detected_grow > 0 and detected.any():
-            size = 2 * config.detected_grow + 1
-            ignored |= ndimage.maximum_filter(detected, size=size, mode="constant")
-    data = np.where(ignored, np.float32(np.nan), image).astype(np.float32, copy=False)
-    if data.shape != (n_bins_y * bin_h, n_bins_x * bin_w):
-        padded = np.full((n_bins_y * bin_h, n_bins_x * bin_w), np.nan, dtype=np.float32)
-        padded[:height, :width] = data
-        data = padded
+        if config.detected_grow > 0:
+            detected = (mask & MaskPlanes.bits("DETECTED")) != 0
+            if detected.any():
+                size = 2 * config.detected_grow + 1
+                ignored |= ndimage.maximum_filter(detected, size=size, mode="constant")
+    # The NaN-marked pixels go straight into the (padded) array the bins are cut from.
+    data = np.full((n_bins_y * bin_h, n_bins_x * bin_w), np.nan, dtype=np.float32)
+    inner = data[:height, :width]
+    inner[...] = image
+    np.copyto(inner, np.float32(np.nan), where=ignored)
     # One row per bin, its pixels along the row (plus the NaN column the clipping needs):
     # every statistic below is a row reduction. One strided copy does the regrouping.
     n_pix = bin_h * bin_w
@@ -501,19 +505,19 @@ def _interpolate_rows(centers: np.ndarray, values: np.ndarray, n_out: int, kind:
     else:
         method = "makima" if kind == "makima" else "akima"
         coeffs = Akima1DInterpolator(centers, values, axis=1, method=method).c
-    # Horner's rule interval by interval on float32 blocks: ~3x faster than PPoly.__call__
-    # for a 4k x 4k image, whose every pixel is one evaluation.
+    # Interval by interval, every row's polynomial at the interval's offsets is one small
+    # float32 matrix product (rows x order) @ (order x offsets): it writes each output pixel
+    # once, 2x faster than Horner's rule on blocks and ~6x faster than PPoly.__call__ for a
+    # 4k x 4k image.
     coeffs = coeffs.astype(np.float32)
+    order = coeffs.shape[0]
+    exponents = np.arange(order - 1, -1, -1, dtype=np.float32)[:, None]
     interval = np.clip(np.searchsorted(centers, coords, side="right") - 1, 0, n - 2)
     out = np.empty((values.shape[0], n_out), np.float32)
     for k in np.unique(interval):
         lo, hi = np.searchsorted(interval, [k, k + 1])
-        t = (coords[lo:hi] - centers[k]).astype(np.float32)[None, :]
-        block = np.broadcast_to(coeffs[0, k][:, None], (values.shape[0], hi - lo)).copy()
-        for c in coeffs[1:, k]:
-            block *= t
-            block += c[:, None]
-        out[:, lo:hi] = block
+        t = (coords[lo:hi] - centers[k]).astype(np.float32)
+        out[:, lo:hi] = coeffs[:, k].T @ (t[None, :] ** exponents)
     return out
 
 
@@ -558,11 +562,15 @@ def residual_sky_rms(
     sky &= np.isfinite(exposure.image) & np.isfinite(exposure.variance)
 
     def blocks(array: np.ndarray) -> np.ndarray:
-        return array[: ny * block, : nx * block].reshape(ny, block, nx, block).sum(axis=(1, 3))
+        # float32 pixels summed in float64 (no float64 copy of the image); the contiguous
+        # axis first
+        cut = array[: ny * block, : nx * block].reshape(ny, block, nx, block)
+        return cut.sum(axis=3, dtype=np.float64).sum(axis=1)
 
-    n = blocks(sky.astype(np.float64))
-    total = blocks(np.where(sky, exposure.image, 0.0).astype(np.float64))
-    variance = blocks(np.where(sky, exposure.variance, 0.0).astype(np.float64))
+    n = blocks(sky)
+    zero = np.float32(0)
+    total = blocks(np.where(sky, exposure.image, zero))
+    variance = blocks(np.where(sky, exposure.variance, zero))
     usable = n >= 0.5 * block * block
     if usable.sum() < 10:
         return 0.0

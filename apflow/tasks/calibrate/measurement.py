@@ -5,7 +5,10 @@ Everything is vectorised over stamp stacks ``(n_sources, size, size)`` cut aroun
 - **Centroid and shape**: adaptive second moments (the elliptical Gaussian weight is iterated
   until it matches the object, as HSM's ``HsmSourceMoments``); the centroid is the position at
   which the weighted first moment vanishes (a Gaussian-windowed centroid, unbiased for a
-  symmetric profile). Errors come from the variance plane by linear propagation.
+  symmetric profile). Errors come from the variance plane by linear propagation. Pixels the
+  moments cannot use (``BAD``/``NO_DATA``, off the image) take the value the current Gaussian
+  model of the object predicts (its amplitude fitted on the other pixels) at every iteration:
+  a zero there pulled the centroid of a star 1 px from a bad column 0.5 px away from it.
 - **Aperture flux**: exact pixel-overlap circular aperture (``sep.sum_circle``, ``subpix=0``),
   radius 12 px by default (Rubin's ``base_CircularApertureFlux_12_0``); error from the variance
   plane; ``BAD``/``NO_DATA`` pixels count as background (0) and set ``flag_bad``.
@@ -75,6 +78,11 @@ class MeasurementConfig(TaskConfig):
         Maximum adaptive-moment iterations. Default 30.
     moments_tolerance : float
         Convergence tolerance on the centroid (px) and the relative change of the weight.
+    moments_bad_mask_planes : tuple of str
+        Pixels the adaptive moments replace by their Gaussian model's prediction (see the
+        module docstring). Default ``("BAD", "NO_DATA")``; ``SAT`` is left out: a saturated
+        core is still the brightest, most central part of its star, and a neighbour's bleed
+        trail makes its footprint a blend.
     psf_flux_weighting : str
         ``"uniform"`` (default, Rubin's ``PsfFlux``): every unmasked pixel of the stamp has
         equal weight, which stays unbiased when the variance plane is computed from the noisy
@@ -116,6 +124,7 @@ class MeasurementConfig(TaskConfig):
     initial_sigma: float = 0.0
     moments_max_iter: int = 30
     moments_tolerance: float = 1e-4
+    moments_bad_mask_planes: tuple[str, ...] = ("BAD", "NO_DATA")
     psf_flux_weighting: str = "uniform"
     psf_fit_local_sky: bool = False
     psf_error_chi2_scale: bool = True
@@ -136,7 +145,9 @@ class MeasurementConfig(TaskConfig):
             raise ConfigError(f"psf_flux_weighting must be one of {PSF_FLUX_WEIGHTINGS}")
         if not 0 <= self.psf_max_masked_fraction <= 1:
             raise ConfigError("psf_max_masked_fraction must be in [0, 1]")
-        MaskPlanes.bits(*self.psf_bad_mask_planes, *self.aperture_bad_mask_planes)
+        MaskPlanes.bits(
+            *self.psf_bad_mask_planes, *self.aperture_bad_mask_planes, *self.moments_bad_mask_planes
+        )
         annulus = tuple(self.local_sky_annulus)
         if annulus and not (len(annulus) == 2 and self.aperture_radius <= annulus[0] < annulus[1]):
             raise ConfigError(
@@ -311,10 +322,17 @@ def adaptive_moments(
     (noise, non-positive flux) fall back to the fixed initial circular weight for the centroid
     and get ``flag_shape_failed``.
 
+    Pixels of ``config.moments_bad_mask_planes``, non-finite ones and those off the image are
+    unknown, not zero: before each iteration's sums they are set to ``A w``, the current weight
+    ``w`` (the current Gaussian estimate of the object) scaled by its least-squares amplitude
+    ``A`` on the known pixels. For a Gaussian object the fixed point is then exact whatever is
+    masked; for a Moffat star beside a bad column the centroid error drops from ~0.5 px to a
+    few hundredths. The errors are propagated from the known pixels only.
+
     Parameters
     ----------
     exposure : Exposure
-        Image, variance and mask (``BAD``/``NO_DATA`` pixels get zero weight).
+        Image, variance and mask.
     x, y : numpy.ndarray
         ``(n,)`` starting positions, px.
     sigma0 : numpy.ndarray
@@ -334,11 +352,13 @@ def adaptive_moments(
     image = take_stamps(exposure.image, index, inside)
     variance = take_stamps(exposure.variance, index, inside)
     mask = take_stamps(exposure.mask, index, inside)
-    valid = inside & ((mask & MaskPlanes.bits("BAD", "NO_DATA")) == 0)
+    valid = inside & ((mask & MaskPlanes.bits(*config.moments_bad_mask_planes)) == 0)
     valid &= np.isfinite(image) & np.isfinite(variance)
     image = np.where(valid, image, 0).astype(np.float32)
     variance = np.where(valid, variance, 0).astype(np.float32)
     grid = np.arange(-half, half + 1, dtype=np.float64)
+    # Unknown pixels of the stamps that have any (None when no stamp has one).
+    holes = None if valid.all() else ~valid
 
     # Weight covariance (xx, yy, xy) and centre offset from the stamp's central pixel.
     initial = np.stack([sigma0**2, sigma0**2, np.zeros(n)], axis=1)
@@ -350,7 +370,9 @@ def adaptive_moments(
     for _ in range(config.moments_max_iter):
         if len(active) == 0:
             break
-        sums = _weighted_sums(image[active], grid, offset[active], weight[active])
+        sums = _weighted_sums(
+            image[active], grid, offset[active], weight[active], _rows(holes, active)
+        )
         new_offset, new_weight, ok = _match_gaussian(sums, offset[active], weight[active], max_var)
         ok &= np.all(np.abs(new_offset) <= half / 2, axis=1)
         failed = active[~ok]
@@ -371,7 +393,9 @@ def adaptive_moments(
         offset[failed] = np.stack([x[failed] - cx[failed], y[failed] - cy[failed]], axis=1)
         weight[failed] = initial[failed]
         for _ in range(config.moments_max_iter):
-            sums = _weighted_sums(image[failed], grid, offset[failed], weight[failed])
+            sums = _weighted_sums(
+                image[failed], grid, offset[failed], weight[failed], _rows(holes, failed)
+            )
             with np.errstate(invalid="ignore", divide="ignore"):
                 step = 2.0 * np.stack([sums["sx"], sums["sy"]], axis=1) / sums["s0"][:, None]
             good = np.all(np.isfinite(step), axis=1) & (sums["s0"] > 0)
@@ -389,7 +413,7 @@ def adaptive_moments(
             axis=1,
         )
 
-    x_err, y_err = _centroid_errors(image, variance, grid, offset, weight)
+    x_err, y_err = _centroid_errors(image, variance, grid, offset, weight, holes)
     result_x = cx + offset[:, 0]
     result_y = cy + offset[:, 1]
     ixx = np.where(shape_ok, weight[:, 0], np.nan)
@@ -427,11 +451,46 @@ def _gaussian_weights(
     return np.exp(q, out=q), dx, dy
 
 
+#: Step (px) of the numerical derivative of the filled first moments.
+_RESPONSE_STEP = 0.01
+
+
+def _rows(holes: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if holes is None else holes[rows]
+
+
+def _fill_holes(image: np.ndarray, w: np.ndarray, holes: np.ndarray | None) -> np.ndarray:
+    """``image`` with its unknown pixels set to the Gaussian model ``A w`` (a copy if any).
+
+    ``A`` is the least-squares amplitude of ``w`` on the known pixels of each stamp; only the
+    stamps with unknown pixels are touched.
+    """
+    if holes is None:
+        return image
+    rows = np.flatnonzero(holes.any(axis=(1, 2)))
+    if len(rows) == 0:
+        return image
+    w_rows, known = w[rows], ~holes[rows]
+    wk = np.where(known, w_rows, np.float32(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        amplitude = (wk * image[rows]).sum(axis=(1, 2), dtype=np.float64) / (wk * w_rows).sum(
+            axis=(1, 2), dtype=np.float64
+        )
+    amplitude = np.where(np.isfinite(amplitude), amplitude, 0.0).astype(np.float32)
+    filled = image.copy()
+    filled[rows] = np.where(known, image[rows], amplitude[:, None, None] * w_rows)
+    return filled
+
+
 def _weighted_sums(
-    image: np.ndarray, grid: np.ndarray, offset: np.ndarray, weight: np.ndarray
+    image: np.ndarray,
+    grid: np.ndarray,
+    offset: np.ndarray,
+    weight: np.ndarray,
+    holes: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     w, dx, dy = _gaussian_weights(grid, offset, weight)
-    wi = w * image
+    wi = w * _fill_holes(image, w, holes)
     # dx varies along columns only and dy along rows only: the moments are sums over the
     # row and column marginals, and the cross term one batched matrix-vector product.
     dx, dy = dx[:, 0, :], dy[:, :, 0]
@@ -493,12 +552,19 @@ def _centroid_errors(
     grid: np.ndarray,
     offset: np.ndarray,
     weight: np.ndarray,
+    holes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """1-sigma errors of the windowed centroid by the implicit-function theorem.
 
     The centroid solves ``F(x) = sum w(r - x) (r_x - x) I = 0``; a pixel change ``dI`` moves it
     by ``-dF/dI dI / (dF/dx)`` with ``dF/dx = sum I w (dx (W^-1 d)_x - 1)``. For a Gaussian
     matched by its weight this is the familiar ``2 sqrt(sum w^2 dx^2 V) / sum w I``.
+
+    With unknown pixels filled by ``A w`` (:func:`_fill_holes`), ``F`` also depends on the
+    known pixels through ``A = sum_known w I / sum_known w^2``: ``dF/dI_k = w_k (dx_k + c)``
+    with ``c = sum_unknown w^2 dx / sum_known w^2``; and the fill, centred on the current
+    estimate, moves with it, so ``dF/dx`` is taken numerically from the filled sums. Both grow
+    the error as pixels are lost.
     """
     w, dx, dy = _gaussian_weights(grid, offset, weight)
     wxx, wyy, wxy = weight[:, 0], weight[:, 1], weight[:, 2]
@@ -512,11 +578,35 @@ def _centroid_errors(
     s0 = wi.sum(axis=(1, 2), dtype=np.float64)
     response_x = s0 - (wi * dx * (ixx * dx + ixy * dy)).sum(axis=(1, 2))
     response_y = s0 - (wi * dy * (ixy * dx + iyy * dy)).sum(axis=(1, 2))
+    if holes is not None:
+        # The fill moves with the estimate (and its amplitude with the weight): differentiate
+        # the filled first moments numerically, on the few stamps that have unknown pixels.
+        rows = np.flatnonzero(holes.any(axis=(1, 2)))
+        for axis, response in enumerate((response_x, response_y)):
+            step = np.zeros(2)
+            step[axis] = _RESPONSE_STEP
+            moment = ("sx", "sy")[axis]
+            below = _weighted_sums(
+                image[rows], grid, offset[rows] - step, weight[rows], holes[rows]
+            )
+            above = _weighted_sums(
+                image[rows], grid, offset[rows] + step, weight[rows], holes[rows]
+            )
+            response[rows] = (below[moment] - above[moment]) / (2 * _RESPONSE_STEP)
     # Noise can make the measured response tiny or negative for faint sources; the Gaussian
     # value s0 / 2 is then the better estimate.
     response_x = np.where(response_x > 0.25 * s0, response_x, 0.5 * s0)
     response_y = np.where(response_y > 0.25 * s0, response_y, 0.5 * s0)
     w2v = w * w * variance
+    dx, dy = np.broadcast_to(dx, w.shape), np.broadcast_to(dy, w.shape)
+    if holes is not None:
+        w2 = w * w
+        with np.errstate(invalid="ignore", divide="ignore"):
+            known_norm = np.where(holes, 0.0, w2).sum(axis=(1, 2), dtype=np.float64)
+            shift_x = np.where(holes, w2 * dx, 0.0).sum(axis=(1, 2)) / known_norm
+            shift_y = np.where(holes, w2 * dy, 0.0).sum(axis=(1, 2)) / known_norm
+        dx = dx + np.nan_to_num(shift_x).astype(np.float32)[:, None, None]
+        dy = dy + np.nan_to_num(shift_y).astype(np.float32)[:, None, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         x_err = np.sqrt((w2v * dx * dx).sum(axis=(1, 2), dtype=np.float64)) / response_x
         y_err = np.sqrt((w2v * dy * dy).sum(axis=(1, 2), dtype=np.float64)) / response_y

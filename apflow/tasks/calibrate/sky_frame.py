@@ -8,6 +8,7 @@ detector's ``sky_frame`` directly.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -69,7 +70,7 @@ def apply_sky_frame(
     normalization = str(attrs.get("normalization", "visit_scale"))
     config = BackgroundConfig(bin_size=bin_size)
     image_bins = estimate_background(exposure.image, exposure.mask, config)
-    frame_bins = estimate_background(np.asarray(frame, np.float32), None, config).values
+    frame_bins = _bin_means(np.asarray(frame, np.float32), image_bins.values.shape)
     x, y = np.meshgrid(image_bins.x_centers, image_bins.y_centers)
     u, v = normalized_coordinates(x.ravel(), y.ravel(), exposure.width, exposure.height)
     values, f = image_bins.values.ravel(), frame_bins.ravel()
@@ -88,10 +89,13 @@ def apply_sky_frame(
         raise TaskError(f"sky frame: only {int(keep.sum())} usable {bin_size}-px bins to fit")
     scale = float(coeffs[3])
     if normalization == "local":
-        fy, fx = np.mgrid[0 : exposure.height, 0 : exposure.width]
-        pu, pv = normalized_coordinates(fx, fy, exposure.width, exposure.height)
-        normalizer: np.ndarray | float = (coeffs[0] + coeffs[1] * pu + coeffs[2] * pv).astype(
-            np.float32
+        # the plane is separable: a column term plus a row term, added by broadcasting
+        pu, pv = normalized_coordinates(
+            np.arange(exposure.width), np.arange(exposure.height), exposure.width, exposure.height
+        )
+        normalizer: np.ndarray | float = np.add(
+            (coeffs[0] + coeffs[1] * pu).astype(np.float32)[None, :],
+            (coeffs[2] * pv).astype(np.float32)[:, None],
         )
     else:
         normalizer = float(level[0])
@@ -105,3 +109,24 @@ def apply_sky_frame(
         "rms": rms,
     }
     return corrected, info
+
+
+def _bin_means(frame: np.ndarray, n_bins: tuple[int, int]) -> np.ndarray:
+    """Plain means of a sky frame over the bins of :func:`estimate_background` (NaN ignored).
+
+    A sky frame is smooth: within a 32 px bin its values span less than the 3-sigma window of
+    a clipped mean, which would keep them all, so the mean is the same number at a fraction of
+    the cost (no sort of 16 M values).
+    """
+    height, width = frame.shape
+    n_y, n_x = n_bins
+    bin_h, bin_w = math.ceil(height / n_y), math.ceil(width / n_x)
+    valid = np.isfinite(frame)
+    padded = np.zeros((n_y * bin_h, n_x * bin_w), np.float32)
+    padded[:height, :width] = frame if valid.all() else np.where(valid, frame, np.float32(0))
+    count = np.zeros(padded.shape, np.float32)
+    count[:height, :width] = valid
+    total = padded.reshape(n_y, bin_h, n_x, bin_w).sum(axis=3, dtype=np.float64).sum(axis=1)
+    n = count.reshape(n_y, bin_h, n_x, bin_w).sum(axis=3, dtype=np.float64).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / n, np.nan)

@@ -118,6 +118,19 @@ def test_any_image_size_and_interpolation_gives_a_full_image(shape, interpolatio
     assert np.abs(result.background_image - sky).max() < tolerance
 
 
+def test_every_bin_holds_pixels_of_the_image():
+    """An LSSTCam CCD's 4004 rows in 32 px bins: 122 bins of 33 px, none past the edge.
+
+    Bins of ``ceil(4004 / 125)`` px made 125 of them end at row 4125: the last 3 held no pixel
+    and were filled from their neighbours, at centres outside the image (4014-4048).
+    """
+    image = np.random.default_rng(1).normal(0.0, 1.0, (4004, 64)).astype(np.float32)
+    model = estimate_background(image, None, BackgroundConfig(bin_size=32))
+    assert model.values.shape == (122, 2)
+    assert (model.n_pixels > 0).all()
+    assert model.y_centers.max() < 4004 and np.all(np.diff(model.y_centers) > 0)
+
+
 def test_background_model_round_trips_through_json():
     exposure, _ = sky_only(512, 384, seed=4)
     model = SubtractBackgroundTask().run(exposure).background

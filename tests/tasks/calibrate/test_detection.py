@@ -123,6 +123,22 @@ def test_invalid_psf_width_raises_psf_error():
         DetectSourcesTask().run(exposure, psf_fwhm=float("nan"))
 
 
+def test_non_finite_pixels_are_ignored_like_bad_ones():
+    rng = np.random.default_rng(10)
+    star = 500 * GaussianPsf(fwhm=4.0).compute_image(40, 40, 21)
+    image = rng.normal(0.0, 1.0, (80, 80)) + np.pad(star, (30, 29))
+    variance = np.ones((80, 80))
+    image[10, 10] = np.nan  # far from the star
+    variance[60, 20] = np.inf
+    image[41, 44] = np.nan  # on the star's wing
+    exposure = Exposure(image=image.astype(np.float32), variance=variance.astype(np.float32))
+    result = DetectSourcesTask().run(exposure, psf_fwhm=4.0)
+    assert len(result.sources) == 1
+    star = result.sources.iloc[0]
+    assert abs(star["x"] - 40) < 0.5 and abs(star["y"] - 40) < 0.5
+    assert np.isfinite(result.sources[["x", "y", "peak_significance"]].to_numpy()).all()
+
+
 def test_higher_threshold_finds_fewer_sources(characterised):
     exposure = characterised.background.exposure
     strict = DetectSourcesTask(DetectionConfig(threshold=20.0)).run(exposure)
