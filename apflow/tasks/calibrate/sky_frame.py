@@ -48,7 +48,8 @@ def apply_sky_frame(
         The corrected exposure (the input itself when there is no frame).
     info : dict
         ``applied``, and ``scale``, ``normalization``, ``n_bins``, ``rms`` (fraction of the sky)
-        when applied.
+        when applied. Without a frame: the exposure's own ``metadata["sky_correction"]`` when
+        an earlier stage corrected it, else ``applied: False``.
 
     Raises
     ------
@@ -56,6 +57,10 @@ def apply_sky_frame(
         If the frame's shape differs from the exposure's or the fit has too few bins.
     """
     if sky_frame is None:
+        # an upstream correction (nightly's per-visit sky_correct stages) has its own record
+        upstream = exposure.metadata.get("sky_correction")
+        if isinstance(upstream, dict):
+            return exposure, dict(upstream)
         return exposure, {"applied": False, "reason": "no sky frame given"}
     from ..sky import subtract_sky_frame, upsample_bins
 

@@ -430,6 +430,11 @@ def test_sky_frame_removes_a_fixed_sky_pattern(field):
     assert abs(result.summary_stats["zero_point"] - sims[4].truth["zero_point"]) < 0.003
     assert apply_sky_frame(sims[4].exposure, None)[1]["applied"] is False
     assert field.results[4].calexp.metadata["sky_correction"]["applied"] is False
+    # corrected upstream (nightly's sky_correct stages): the calexp keeps that record
+    upstream = dataclasses.replace(
+        exposure, metadata={**exposure.metadata, "sky_correction": {"applied": True, "scale": 0.98}}
+    )
+    assert apply_sky_frame(upstream, None)[1] == {"applied": True, "scale": 0.98}
 
 
 def test_config_reaches_subtask_fields():

@@ -94,8 +94,9 @@ def test_with_sky_frames_calibrate_gets_the_corrected_exposure(with_frames):
     for detector in DETECTORS:
         record = repo.get("post_isr_skycorr", visit=VISIT, detector=detector).metadata
         assert record["sky_correction"] == {"applied": True, "scale": scale["scale"]}
-        assert np.isfinite(
-            repo.get("calexp", visit=VISIT, detector=detector).metadata["zero_point"]
-        )
+        calexp = repo.get("calexp", visit=VISIT, detector=detector)
+        assert np.isfinite(calexp.metadata["zero_point"])
+        # the calexp says the correction was applied (calibrate used to overwrite it)
+        assert calexp.metadata["sky_correction"] == record["sky_correction"]
         # the sky frame removed the pattern before calibrate: little is left for its background
         assert _pattern_in_calibrate_background(repo, detector) < 0.1
