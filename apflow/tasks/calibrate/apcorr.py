@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sep
+from astropy.stats import mad_std
 
 from ...core import Exposure, Psf
 from ...core.psf import poly2d_n_terms
@@ -280,7 +281,7 @@ def measure_aperture_correction(
         coeffs, covariance = _weighted_fit(terms[used], ratio[used], ratio_err[used])
         normalised = (ratio - terms @ coeffs) / ratio_err
         # Rescale by the robust spread: the flux errors ignore the PSF model's own error.
-        spread = 1.4826 * np.median(np.abs(normalised[used] - np.median(normalised[used])))
+        spread = mad_std(normalised[used])
         keep = good & (np.abs(normalised) <= config.n_sigma_clip * max(spread, 1e-12))
         if keep.sum() < poly2d_n_terms(0) + config.min_dof or np.array_equal(keep, used):
             break
@@ -292,7 +293,7 @@ def measure_aperture_correction(
     if config.final_median_shift:
         coeffs[0] += np.median(residual[used])
         residual = ratio - terms @ coeffs
-    scatter = 1.4826 * float(np.median(np.abs(residual[used] - np.median(residual[used]))))
+    scatter = float(mad_std(residual[used]))
     apcorr = ApertureCorrection(
         coeffs=coeffs,
         covariance=covariance,

@@ -27,6 +27,7 @@ from ...core import Exposure, MaskPlanes
 from ...errors import ConfigError, TaskError
 from ...io import ArrayBundle
 from ..base import Task, TaskConfig
+from ..stats import clipped_stats
 
 INTERPOLATIONS = ("akima", "makima", "cubic", "linear", "constant")
 
@@ -295,15 +296,17 @@ def estimate_background(
     inner = data[:height, :width]
     inner[...] = image
     np.copyto(inner, np.float32(np.nan), where=ignored)
-    # One row per bin, its pixels along the row (plus the NaN column the clipping needs):
-    # every statistic below is a row reduction. One strided copy does the regrouping.
+    # One row per bin, its pixels along the row: every statistic below is a row reduction.
+    # One strided copy does the regrouping; the clipping then sorts that copy in place.
     n_pix = bin_h * bin_w
-    rows = np.empty((n_bins_y * n_bins_x, n_pix + 1), np.float32)
-    rows[:, n_pix] = np.nan
-    rows[:, :n_pix].reshape(n_bins_y, n_bins_x, bin_h, bin_w)[...] = data.reshape(
+    rows = np.empty((n_bins_y * n_bins_x, n_pix), np.float32)
+    rows.reshape(n_bins_y, n_bins_x, bin_h, bin_w)[...] = data.reshape(
         n_bins_y, bin_h, n_bins_x, bin_w
     ).transpose(0, 2, 1, 3)
-    mean, sigma, count = _clipped_mean_of_rows_in_place(rows, config.n_sigma, config.n_iter)
+    clipped = clipped_stats(
+        rows, config.n_sigma, config.n_iter, method="meanclip", overwrite_input=True
+    )
+    mean, sigma, count = clipped.mean, clipped.std, clipped.n_kept
 
     # The last bin along an axis may be shorter (padding): its centre is that of its pixels.
     y_starts = np.arange(n_bins_y) * bin_h
@@ -337,115 +340,6 @@ def estimate_background(
         height=height,
         interpolation=config.interpolation,
     )
-
-
-def clipped_mean_rows(
-    values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 3
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sigma-clipped mean of every row of a 2-D array, NaNs ignored (afw ``MEANCLIP``).
-
-    The first centre and width are the median and ``0.741 * IQR`` (robust to the bright
-    sources a bin may contain); each iteration then keeps the values within ``n_sigma``
-    standard deviations of the current centre and recomputes mean and standard deviation.
-
-    Parameters
-    ----------
-    values : numpy.ndarray
-        ``(n_rows, n_values)`` float32; NaN marks a missing value (no infinities).
-    n_sigma : float
-        Clipping half-width in standard deviations.
-    n_iter : int
-        Number of clipping iterations.
-
-    Returns
-    -------
-    mean, sigma : numpy.ndarray
-        ``(n_rows,)`` float64 clipped mean and standard deviation (NaN for rows with < 2 values).
-    count : numpy.ndarray
-        ``(n_rows,)`` int64 number of values kept.
-    """
-    n_rows, n_cols = values.shape
-    ordered = np.empty((n_rows, n_cols + 1), np.float32)
-    ordered[:, :n_cols] = values
-    ordered[:, n_cols] = np.nan
-    return _clipped_mean_of_rows_in_place(ordered, n_sigma, n_iter)
-
-
-def _clipped_mean_of_rows_in_place(
-    ordered: np.ndarray, n_sigma: float, n_iter: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`clipped_mean_rows` of a float32 array whose last column is NaN (overwritten).
-
-    Sorted rows make every clipped set a contiguous run: each iteration needs a binary search
-    per row and one segment sum (np.add.reduceat) instead of masked passes over the data. The
-    trailing NaN column keeps every run's end index inside the flattened array.
-    """
-    n_rows, n_cols = ordered.shape[0], ordered.shape[1] - 1
-    ordered.sort(axis=1)  # NaN sorts last, so the first n_valid are the data
-    rows = np.arange(n_rows)
-    # Callers pass NaN for every missing value (no infinities), so "< inf" counts the data.
-    n_valid = _search_rows(ordered, np.full(n_rows, np.inf), np.full(n_rows, n_cols), "left")
-    last = np.maximum(n_valid - 1, 0)
-
-    def quantile(q: float) -> np.ndarray:
-        position = q * last
-        lo = np.floor(position).astype(np.int64)
-        hi = np.minimum(lo + 1, last)
-        frac = position - lo
-        return (1 - frac) * ordered[rows, lo] + frac * ordered[rows, hi]
-
-    center = quantile(0.5)
-    sigma = 0.7413 * (quantile(0.75) - quantile(0.25))
-    # Work about a per-row offset (the median): the sums of the centred values and their
-    # squares then stay accurate in float32 (errors ~1e-6 of sigma), at half the memory traffic.
-    offset = np.where(np.isfinite(center), center, 0.0)
-    ordered -= offset[:, None].astype(np.float32)
-    flat = ordered.ravel()
-    flat_sq = flat * flat
-    row_start = rows * (n_cols + 1)
-
-    count = n_valid.astype(np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for _ in range(n_iter):
-            first = _search_rows(ordered, center - offset - n_sigma * sigma, n_valid, "left")
-            stop = _search_rows(ordered, center - offset + n_sigma * sigma, n_valid, "right")
-            kept = stop - first
-            bounds = np.empty(2 * n_rows, np.int64)
-            bounds[0::2] = row_start + first
-            bounds[1::2] = row_start + stop
-            total = np.add.reduceat(flat, bounds)[0::2].astype(np.float64)
-            total_sq = np.add.reduceat(flat_sq, bounds)[0::2].astype(np.float64)
-            mean = total / kept
-            variance = (total_sq - total * mean) / np.maximum(kept - 1, 1)
-            # A bin of identical values (sigma 0) keeps its centre instead of collapsing;
-            # reduceat of an empty segment returns one element, so kept < 2 is skipped too.
-            usable = kept >= 2
-            center = np.where(usable, offset + mean, center)
-            sigma = np.where(usable, np.sqrt(np.maximum(variance, 0.0)), sigma)
-            count = np.where(usable, kept, count)
-    invalid = n_valid < 2
-    center = np.where(invalid, np.nan, center)
-    sigma = np.where(invalid, np.nan, sigma)
-    return center, sigma, np.where(invalid, 0, count)
-
-
-def _search_rows(
-    ordered: np.ndarray, value: np.ndarray, n_valid: np.ndarray, side: str
-) -> np.ndarray:
-    """Row-wise ``searchsorted`` of ``value[i]`` in ``ordered[i, :n_valid[i]]`` (NaN = +inf)."""
-    rows = np.arange(len(ordered))
-    lo = np.zeros(len(ordered), np.int64)
-    hi = np.asarray(n_valid, np.int64).copy()
-    value = np.where(np.isnan(value), np.inf, value)
-    while np.any(lo < hi):
-        mid = (lo + hi) // 2
-        probe = ordered[rows, np.minimum(mid, ordered.shape[1] - 1)]
-        probe = np.where(np.isnan(probe), np.inf, probe)
-        below = probe < value if side == "left" else probe <= value
-        below &= lo < hi
-        lo = np.where(below, mid + 1, lo)
-        hi = np.where(below | (lo >= hi), hi, mid)
-    return lo
 
 
 def _fill_empty_bins(values: np.ndarray) -> np.ndarray:
