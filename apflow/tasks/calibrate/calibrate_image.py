@@ -28,7 +28,8 @@ Departures from Rubin, each for a reason:
 - **Few PSF stars.** Below ``psf.pixel_min_stars`` fit stars the PSF is an analytic Moffat
   of smoothly varying FWHM and ellipticity (:mod:`.psf.analytic`); its aperture correction
   is then the model's prediction when the stars measure it less precisely than
-  ``apcorr_max_error`` (:meth:`CalibrateImageTask._aperture_correction`).
+  ``apcorr_max_error`` (:meth:`CalibrateImageTask._aperture_correction`), and the ``stars``
+  catalog's PSF flux errors include the model's own error (``psf_model_error``).
 
 Failures (:class:`~apflow.errors.TaskError` and its subclasses ``PsfError``,
 ``AstrometryError``, ``PhotometryError``) stop the chain where they happen, as Rubin's
@@ -76,7 +77,7 @@ from .background import (
 from .detection import DetectionConfig, DetectSourcesTask
 from .measurement import MeasurementConfig, MeasureStarsTask
 from .photometry import PhotometryConfig, PhotometryTask, calibrate_catalog
-from .psf import PixelPsf, PsfModelConfig, PsfModelResult, PsfModelTask
+from .psf import MoffatFluxError, PixelPsf, PsfModelConfig, PsfModelResult, PsfModelTask
 from .sky_frame import apply_sky_frame
 from .snaps import SnapCombineConfig, SnapCombineTask
 from .star_selection import classify_extendedness, select_stars
@@ -137,6 +138,14 @@ class CalibrateImageConfig(TaskConfig):
         Default 20.
     apcorr_stars_per_term : float
         The same for the aperture correction's polynomial. Default 8.
+    psf_model_error : bool
+        Add the Moffat PSF model's own error (:class:`~.psf.MoffatFluxError`: its fit's
+        parameter covariance and the fit stars' FWHM scatter beyond it), less the part the
+        zero point absorbs, to the PSF flux errors of the ``stars`` catalog. A model fitted
+        to 6-20 stars has FWHM errors of ~1.4% rms at the stars, which move their PSF fluxes
+        by as much: without it the flux pulls at S/N 30-100 on the simulator's sparse CCDs
+        had a standard deviation of 1.29, with it 1.08. Default True (no effect with the
+        pixel model).
     residual_sky_error : bool
         Add the error of a residual sky structure (:func:`~.background.residual_sky_rms`,
         measured on the CCD) to the PSF and aperture flux errors of the ``stars`` catalog
@@ -188,6 +197,7 @@ class CalibrateImageConfig(TaskConfig):
     initial_psf_fwhm: float = 4.0
     psf_stars_per_term: float = 20.0
     apcorr_stars_per_term: float = 8.0
+    psf_model_error: bool = True
     residual_sky_error: bool = True
     apcorr_max_error: float = 0.003
     apcorr_model_error: float = 0.003
@@ -436,6 +446,7 @@ class CalibrateImageTask(Task):
                 psf_config = dataclasses.replace(cfg.psf, order=order, model="pixel")
                 psf = run.step("psf", PsfModelTask(psf_config).run, state.exposure, state.stars)
         state.exposure, state.psf_stars = psf.exposure, psf.psf_stars
+        state.psf_flux_error = psf.flux_error
         state.metadata["psf_model"] = {
             "type": psf.psf.kind,
             "order": _psf_order(psf.psf),
@@ -595,6 +606,10 @@ class CalibrateImageTask(Task):
             stars = _add_residual_sky_error(
                 stars, state.metadata["residual_sky"], cfg.measurement.aperture_radius
             )
+        if cfg.psf_model_error and state.psf_flux_error is not None:
+            stars = _add_psf_model_error(
+                stars, state.psf_flux_error, state.stars, state.photom_matches, cfg.measurement
+            )
         if "ra" not in stars:
             stars["ra"] = np.nan
             stars["dec"] = np.nan
@@ -652,6 +667,7 @@ class _State:
     photom_matches: pd.DataFrame | None = None
     astrometry_summary: dict[str, Any] | None = None
     photo_calib: PhotoCalib | None = None
+    psf_flux_error: MoffatFluxError | None = None
     failure: dict[str, str] | None = None
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -686,6 +702,51 @@ def _add_residual_sky_error(
     if "ap_instflux_err" in out:
         area = math.pi * aperture_radius**2
         out["ap_instflux_err"] = np.hypot(out["ap_instflux_err"].to_numpy(np.float64), area * rms)
+    return out
+
+
+def _add_psf_model_error(
+    stars: pd.DataFrame,
+    flux_error: MoffatFluxError,
+    measured: pd.DataFrame,
+    photom_matches: pd.DataFrame | None,
+    measurement: MeasurementConfig,
+) -> pd.DataFrame:
+    """Add the PSF model's error, less what the zero point absorbs, to ``psf_instflux_err``.
+
+    The zero point is the inverse-variance weighted mean of its stars' ``ref - inst`` mags,
+    so it takes up their weighted mean flux gradient ``r`` (same weights); a star's
+    calibrated flux keeps ``(g - r)' C (g - r)`` (:meth:`MoffatFluxError.fractional_error`).
+    Without a zero point the whole error is added. Like the residual sky's, it is added to
+    the published catalog only: the star selection and the zero point use the photon noise.
+    """
+    size = flux_error.psf.default_size(
+        (flux_error.psf.width - 1) / 2, (flux_error.psf.height - 1) / 2
+    )
+    options = {"size": size, "fit_local_sky": measurement.psf_fit_local_sky}
+    reference = None
+    if photom_matches is not None and photom_matches["used"].any():
+        used = photom_matches[photom_matches["used"]]
+        where = measured.set_index("id").loc[used["source_id"].to_numpy(), ["x", "y"]]
+        weight = 1.0 / (
+            used["inst_mag_err"].to_numpy(np.float64) ** 2
+            + used["ref_mag_err"].to_numpy(np.float64) ** 2
+        )
+        gradient = flux_error.gradient(
+            where["x"].to_numpy(np.float64), where["y"].to_numpy(np.float64), **options
+        )
+        reference = np.average(gradient, axis=0, weights=weight)
+    fraction = flux_error.fractional_error(
+        stars["x"].to_numpy(np.float64),
+        stars["y"].to_numpy(np.float64),
+        reference=reference,
+        **options,
+    )
+    out = stars.copy()
+    flux = out["psf_instflux"].to_numpy(np.float64)
+    out["psf_instflux_err"] = np.hypot(
+        out["psf_instflux_err"].to_numpy(np.float64), np.abs(flux) * fraction
+    )
     return out
 
 

@@ -32,6 +32,7 @@ from ....errors import ConfigError, PsfError
 from ...base import Task, TaskConfig
 from ..measurement import cut_stamps
 from .analytic import fit_moffat_psf
+from .flux_error import MoffatFluxError
 from .pixel_psf import PixelPsf, fourier_shift, normalized_coordinates, polynomial_terms
 from .selection import select_psf_candidates
 
@@ -160,6 +161,10 @@ class PsfModelResult:
         model partly fits).
     selection_counts : dict of str to int
         Stars left after each selection cut.
+    flux_error : MoffatFluxError or None
+        The Moffat model's parameter covariance and the PSF-flux error it implies
+        (:mod:`.flux_error`); None for the pixel model, whose ~50+ stars leave its own
+        error in a PSF flux well below the photon noise.
     """
 
     exposure: Exposure
@@ -170,6 +175,7 @@ class PsfModelResult:
     reserved_chi2_dof_pooled: float
     used_chi2_dof: float
     selection_counts: dict[str, int]
+    flux_error: MoffatFluxError | None = None
 
     def summary(self) -> dict[str, float]:
         """Star counts, FWHM at the CCD centre and model quality."""
@@ -237,6 +243,7 @@ class PsfModelTask(Task):
                 f"selection: {counts}"
             )
         size = config.stamp_size or 2 * int(np.ceil(3.5 * fwhm)) + 1
+        flux_error: MoffatFluxError | None = None
         subset = stars.iloc[index]
         sx, sy = subset["x"].to_numpy(np.float64), subset["y"].to_numpy(np.float64)
         if model == "pixel":
@@ -256,7 +263,7 @@ class PsfModelTask(Task):
                 rank = np.argsort(-np.where(fit, snr, -np.inf), kind="stable")
                 fit = np.zeros_like(fit)
                 fit[rank[: config.moffat_max_stars]] = True
-            psf, used, flux, chi2, dof = fit_moffat_psf(
+            moffat = fit_moffat_psf(
                 exposure,
                 sx,
                 sy,
@@ -267,6 +274,7 @@ class PsfModelTask(Task):
                 min_stars=config.moffat_min_stars,
                 outlier_sigma=config.outlier_sigma,
             )
+            psf, used, flux, chi2, dof, flux_error = moffat
 
         out = stars.copy()
         out["calib_psf_candidate"] = candidate
@@ -298,6 +306,7 @@ class PsfModelTask(Task):
             reserved_chi2_dof_pooled=_pooled(chi2, dof, reserved),
             used_chi2_dof=float(np.median(chi2[used])),
             selection_counts=counts,
+            flux_error=flux_error,
         )
 
 
