@@ -557,10 +557,3 @@ def subpixel_peak_offsets(
     dx = np.where(np.isfinite(dx), np.clip(dx, -0.5, 0.5), 0.0)
     dy = np.where(np.isfinite(dy), np.clip(dy, -0.5, 0.5), 0.0)
     return dx, dy
-
-
-# Former private names, still imported by apflow.tasks.dia until its imports switch over.
-_grow = grow_mask
-_find_peaks = find_peaks
-_suppress_peaks = suppress_peaks
-_parabola_offsets = subpixel_peak_offsets

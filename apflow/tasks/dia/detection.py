@@ -10,6 +10,13 @@ smoothed image inside each polarity's threshold region, refined to sub-pixel pos
 same parabola, and same-sign peaks of one footprint closer than one FWHM are merged (noise on the
 wings of bright residuals otherwise splits them).
 
+A footprint gives one source per *prominent* peak of each sign only (:func:`prominent_peaks`): a
+peak that does not rise ``peak_prominence`` sigma above the saddle joining it to a higher
+same-sign peak of its footprint is part of that peak's source. Rubin's DIA without deblending
+makes one source per footprint; this keeps resolved neighbours apart while the ring of a bright
+star's subtraction residual -- one footprint with a dozen noise bumps on it, each of which used
+to be a DiaSource -- gives one.
+
 As Rubin's ``DetectAndMeasureTask`` (``doMerge``) does, positive and negative footprints that
 overlap or touch (8-connected) after growing are merged into one *parent* footprint: one with
 peaks of both signs is a dipole candidate.
@@ -26,11 +33,11 @@ from ...core import Exposure, MaskPlanes
 from ...core.psf import GAUSSIAN_FWHM_PER_SIGMA
 from ..calibrate.detection import (
     DetectionConfig,
-    _find_peaks,
-    _grow,
-    _parabola_offsets,
-    _suppress_peaks,
+    find_peaks,
+    grow_mask,
     smoothed_significance,
+    subpixel_peak_offsets,
+    suppress_peaks,
 )
 
 
@@ -75,7 +82,9 @@ class DiaDetections:
         return int(self.x.size)
 
 
-def detect_both_signs(exposure: Exposure, sigma: float, config: DetectionConfig) -> DiaDetections:
+def detect_both_signs(
+    exposure: Exposure, sigma: float, config: DetectionConfig, peak_prominence: float = 0.0
+) -> DiaDetections:
     """Detect positive and negative sources and merge touching footprints.
 
     Parameters
@@ -86,6 +95,10 @@ def detect_both_signs(exposure: Exposure, sigma: float, config: DetectionConfig)
         Gaussian sigma (px) of the matched filter, the PSF's.
     config : DetectionConfig
         Threshold, kernel width, growth, peak merging and bad planes (calibration's config).
+    peak_prominence : float
+        Same-sign peaks of a footprint that rise less than this (in sigma of the smoothed
+        image) above the saddle to a higher peak are dropped (:func:`prominent_peaks`);
+        0 keeps every peak.
 
     Returns
     -------
@@ -98,8 +111,8 @@ def detect_both_signs(exposure: Exposure, sigma: float, config: DetectionConfig)
 
     pos_above = significance > config.threshold
     neg_above = significance < -config.threshold
-    pos_grown = _grow(pos_above, grow)
-    neg_grown = _grow(neg_above, grow)
+    pos_grown = grow_mask(pos_above, grow)
+    neg_grown = grow_mask(neg_above, grow)
     structure = np.ones((3, 3), bool)
     footprints = np.empty(pos_grown.shape, np.int32)
     ndimage.label(pos_grown | neg_grown, structure=structure, output=footprints)
@@ -112,11 +125,14 @@ def detect_both_signs(exposure: Exposure, sigma: float, config: DetectionConfig)
         # Peaks of the negative image are the minima of the smoothed difference.
         sig = significance if sign > 0 else np.negative(significance)
         smo = smoothed if sign > 0 else np.negative(smoothed)
-        py, px = _find_peaks(sig, smo, above, peak_threshold)
+        py, px = find_peaks(sig, smo, above, peak_threshold)
         labels = footprints[py, px]
-        keep = _suppress_peaks(px, py, labels, smo[py, px], exposure.mask, config, min_separation)
+        keep = suppress_peaks(px, py, labels, smo[py, px], exposure.mask, config, min_separation)
         px, py, labels = px[keep], py[keep], labels[keep]
-        dx, dy = _parabola_offsets(smo, px, py)
+        if peak_prominence > 0:
+            keep = prominent_peaks(sig, above, px, py, labels, bboxes, peak_prominence)
+            px, py, labels = px[keep], py[keep], labels[keep]
+        dx, dy = subpixel_peak_offsets(smo, px, py)
         parts.append((px, py, px + dx, py + dy, np.full(px.size, sign, np.int8), labels))
     if parts:
         px, py, x, y, signs, labels = (np.concatenate(a) for a in zip(*parts, strict=True))
@@ -142,3 +158,64 @@ def detect_both_signs(exposure: Exposure, sigma: float, config: DetectionConfig)
         bboxes=bboxes,
         mask=mask,
     )
+
+
+def prominent_peaks(
+    significance: np.ndarray,
+    above: np.ndarray,
+    px: np.ndarray,
+    py: np.ndarray,
+    labels: np.ndarray,
+    bboxes: list[tuple[slice, slice]],
+    prominence: float,
+) -> np.ndarray:
+    """Which peaks rise at least ``prominence`` above the saddle to a higher peak of their footprint.
+
+    Peaks of one footprint are taken from the highest down. A peak of height ``h`` is dropped
+    when the region of ``above`` pixels with ``significance > h - prominence`` that holds it
+    also holds a higher kept peak: the two are then joined by a path that never dips more than
+    ``prominence`` below it, one source with a bumpy top rather than two sources. The highest
+    peak of each footprint is always kept.
+
+    Parameters
+    ----------
+    significance : numpy.ndarray
+        ``(height, width)`` smoothed significance, positive for the sign being examined.
+    above : numpy.ndarray
+        ``(height, width)`` bool thresholded region of that sign.
+    px, py : numpy.ndarray
+        ``(n,)`` integer peak pixels.
+    labels : numpy.ndarray
+        ``(n,)`` 1-based footprint label of each peak.
+    bboxes : list of tuple of slice
+        ``bboxes[label - 1]``: the footprint's bounding box.
+    prominence : float
+        Minimum rise above the saddle, in the units of ``significance`` (sigma).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,)`` bool, True for the peaks kept.
+    """
+    keep = np.ones(px.size, bool)
+    structure = np.ones((3, 3), bool)
+    heights = significance[py, px]
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if members.size < 2:
+            continue
+        rows, cols = bboxes[label - 1]
+        sig = significance[rows, cols]
+        region = above[rows, cols]
+        ly, lx = py[members] - rows.start, px[members] - cols.start
+        order = np.argsort(-heights[members], kind="stable")
+        kept = [order[0]]
+        for k in order[1:]:
+            level = heights[members[k]] - prominence
+            components, _ = ndimage.label(region & (sig > level), structure=structure)
+            own = components[ly[k], lx[k]]
+            if own and np.any(components[ly[kept], lx[kept]] == own):
+                keep[members[k]] = False
+            else:
+                kept.append(k)
+    return keep

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 from astropy.wcs import WCS
 
-from ...core import Exposure, GaussianPsf, MoffatPsf, Psf
+from ...core import Exposure, GaussianPsf, MaskPlanes, MoffatPsf, Psf
 from ..calibrate.measurement import MeasurementConfig, adaptive_moments
 from ..forced.flags import pixel_flags
 from ..forced.stamps import PsfStampRenderer, extract_stamps, inside_image
@@ -165,6 +165,33 @@ def footprint_pixel_flags(
     flags["offimage"] = offimage
     flags["edge"] = flags["edge"] | offimage
     return flags
+
+
+def center_all_flags(
+    mask: np.ndarray, x: np.ndarray, y: np.ndarray, planes: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Rubin's ``*CenterAll`` pixel flags: every pixel of the central 3x3 carries the plane.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        ``(height, width)`` int32 mask.
+    x, y : numpy.ndarray
+        ``(n,)`` centroids (px); the 3x3 box is centred on the nearest pixel, and its pixels
+        off the image count as carrying every plane (nothing was measured there).
+    planes : tuple of str
+        Mask plane names.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``{plane: (n,) bool}`` in the order of ``planes``.
+    """
+    height, width = mask.shape
+    xi = np.clip(np.rint(np.nan_to_num(x, nan=-2.0)), -2, width + 1).astype(np.int64)
+    yi = np.clip(np.rint(np.nan_to_num(y, nan=-2.0)), -2, height + 1).astype(np.int64)
+    centre = extract_stamps(mask, xi, yi, 1, -1)
+    return {plane: np.all((centre & MaskPlanes.bits(plane)) != 0, axis=(1, 2)) for plane in planes}
 
 
 def footprint_boxes(bboxes: list[tuple[slice, slice]], parent: np.ndarray) -> np.ndarray:

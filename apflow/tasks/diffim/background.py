@@ -44,7 +44,7 @@ import numpy as np
 
 from ...core import Exposure, MaskPlanes
 from ..calibrate.background import BackgroundConfig, BackgroundModel, estimate_background
-from ..calibrate.detection import DetectionConfig, _grow, smoothed_significance
+from ..calibrate.detection import DetectionConfig, grow_mask, smoothed_significance
 
 #: A background reaching this fraction of the sky noise (per pixel) is measured once more.
 REPEAT_LEVEL = 0.1
@@ -102,7 +102,7 @@ def difference_background(
     for _ in range(max(1, settings.iterations)):
         significance, _, _ = smoothed_significance(current, psf_sigma, detection)
         found = np.abs(significance) > settings.mask_threshold
-        masked = fixed | _grow(found, settings.mask_grow)
+        masked = fixed | grow_mask(found, settings.mask_grow)
         mask = np.where(masked, np.int32(detected), np.int32(0))
         background = estimate_background(diff.image, mask, config)
         noise = float(np.nanmedian(background.sigma))

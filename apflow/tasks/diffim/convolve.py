@@ -109,8 +109,10 @@ def convolve_with_solution(
         for x0 in range(0, width, block):
             x1 = min(width, x0 + block)
             xs = np.arange(x0, x1, dtype=float)
-            u = 2.0 * xs / max(width - 1, 1) - 1.0
-            v = 2.0 * ys / max(height - 1, 1) - 1.0
+            # the solution's polynomials are held constant beyond its stamps (valid_box)
+            cx, cy = solution.clamp(xs, ys)
+            u = 2.0 * cx / max(width - 1, 1) - 1.0
+            v = 2.0 * cy / max(height - 1, 1) - 1.0
             h, w = y1 - y0, x1 - x0
             # output [y0:y1] needs input rows [y0, y1 + 2 half) of the margin-extended image;
             # the circular wrap of the FFT only touches the discarded first 2 half rows

@@ -56,6 +56,10 @@ class KernelSolution:
         Polynomial degrees.
     width, height : int
         Detector size defining the normalised coordinates.
+    valid_box : tuple of float, optional
+        ``(x_min, x_max, y_min, y_max)`` (px) of the stamps that constrained the fit. When set,
+        the polynomials are evaluated at the nearest point of this box: beyond the stamps the
+        kernel is held at its value on the box's edge instead of extrapolated.
     """
 
     basis: AlardLuptonBasis
@@ -65,13 +69,25 @@ class KernelSolution:
     background_order: int
     width: int
     height: int
+    valid_box: tuple[float, float, float, float] | None = None
+
+    def clamp(self, x: np.ndarray | float, y: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel positions moved to the nearest point of ``valid_box`` (unchanged without one)."""
+        x = np.asarray(x, dtype=float)
+        y = np.asarray(y, dtype=float)
+        if self.valid_box is None:
+            return x, y
+        x0, x1, y0, y1 = self.valid_box
+        return np.clip(x, x0, x1), np.clip(y, y0, y1)
 
     def spatial_terms(self, x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
-        """Kernel spatial terms at pixel positions, ``(..., n_spatial)``."""
+        """Kernel spatial terms at pixel positions (clamped to ``valid_box``), ``(..., n)``."""
+        x, y = self.clamp(x, y)
         return poly2d_terms(x, y, self.width, self.height, self.spatial_order)
 
     def background_terms(self, x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
-        """Background spatial terms at pixel positions, ``(..., n_background)``."""
+        """Background spatial terms at pixel positions (clamped to ``valid_box``), ``(..., n)``."""
+        x, y = self.clamp(x, y)
         return poly2d_terms(x, y, self.width, self.height, self.background_order)
 
     def kernel_image(self, x: float, y: float) -> np.ndarray:
@@ -127,6 +143,8 @@ class FitSettings:
     stamps_per_spatial_term: float
     scale_tolerance: float = 0.01
     """Systematic allowance of :func:`stamp_scales` in the variable-source clipping."""
+    clamp_to_stamps: bool = True
+    """Hold the kernel constant beyond the box of the used stamps (``KernelSolution.valid_box``)."""
 
 
 def spatial_order_for(n_stamps: int, max_order: int, stamps_per_term: float) -> int:
@@ -426,6 +444,11 @@ def _solve_spatial(
         background_order=background_order,
         width=width,
         height=height,
+        valid_box=(
+            (float(x[sel].min()), float(x[sel].max()), float(y[sel].min()), float(y[sel].max()))
+            if settings.clamp_to_stamps and sel.size
+            else None
+        ),
     )
 
 
