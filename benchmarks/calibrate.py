@@ -53,16 +53,14 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import sep  # noqa: E402
+from timing import Timing, environment, timed  # noqa: E402
 
 from apflow.core import Camera, Exposure, MaskPlanes  # noqa: E402
 from apflow.core.psf import GAUSSIAN_FWHM_PER_SIGMA  # noqa: E402
@@ -91,14 +89,6 @@ class Scene:
     seconds: float
 
 
-@dataclass
-class Timing:
-    """CPU and wall seconds of one call (the best of several by CPU)."""
-
-    cpu: float
-    wall: float
-
-
 def make_scene(detector: int, seed: int, sky_frame: bool) -> Scene:
     """Render visit 1 of ``detector`` with its reference catalog and (optionally) sky frame."""
     start = time.perf_counter()
@@ -123,34 +113,6 @@ def make_scene(detector: int, seed: int, sky_frame: bool) -> Scene:
         sky_frame=frame,
         truth=dict(sim.truth),
         seconds=time.perf_counter() - start,
-    )
-
-
-def timed(func: Callable[[], Any], repeats: int) -> tuple[Any, Timing]:
-    """Result and :class:`Timing` of the call with the least CPU time."""
-    best: tuple[Any, Timing] = (None, Timing(math.inf, math.inf))
-    for _ in range(repeats):
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        result = func()
-        timing = Timing(time.process_time() - cpu0, time.perf_counter() - wall0)
-        if timing.cpu < best[1].cpu:
-            best = (result, timing)
-    return best
-
-
-def environment() -> str:
-    """One line: Python, numpy, sep, cores, load, thread settings."""
-    threads = ",".join(
-        f"{v}={os.environ.get(v)}" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
-    )
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 0
-    return (
-        f"python {platform.python_version()}, numpy {np.__version__}, sep {sep.__version__}, "
-        f"{os.cpu_count()} cores ({usable} usable), load average {os.getloadavg()[0]:.1f}; "
-        f"{threads}"
     )
 
 
@@ -263,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-sky-frame", action="store_true")
     args = parser.parse_args(argv)
 
-    print(environment())
+    print(environment(f", sep {sep.__version__}"))
     scene = make_scene(args.detector, args.seed, not args.no_sky_frame)
     height, width = scene.post_isr.shape
     print(

@@ -42,19 +42,18 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from astropy.wcs import WCS  # noqa: E402
+from timing import Timing, environment, timed  # noqa: E402
 
 from apflow.apdb import Apdb  # noqa: E402
 from apflow.apdb.ids import pack_source_ids  # noqa: E402
@@ -150,44 +149,6 @@ def overlapping_patches(
         min(tract.ny, int((ty.max() + margin) // tract.patch_height) + 1),
     )
     return [j * tract.nx + i for j in iy for i in ix]
-
-
-# --------------------------------------------------------------------------------------------
-# Timing helpers
-# --------------------------------------------------------------------------------------------
-@dataclass
-class Timing:
-    """CPU and wall seconds of one call (the best of ``repeats`` by CPU)."""
-
-    cpu: float
-    wall: float
-
-
-def timed(func: Callable[[], Any], repeats: int = 1) -> tuple[Any, Timing]:
-    """Result and :class:`Timing` of the run with the least CPU time."""
-    best: tuple[Any, Timing] = (None, Timing(math.inf, math.inf))
-    for _ in range(repeats):
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        result = func()
-        timing = Timing(time.process_time() - cpu0, time.perf_counter() - wall0)
-        if timing.cpu < best[1].cpu:
-            best = (result, timing)
-    return best
-
-
-def environment() -> str:
-    """One line: Python, numpy, cores, load, thread settings."""
-    threads = ",".join(
-        f"{v}={os.environ.get(v)}" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
-    )
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        affinity = os.cpu_count() or 0
-    return (
-        f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} cores "
-        f"({affinity} usable by this process), load average {os.getloadavg()[0]:.1f}; {threads}"
-    )
 
 
 # --------------------------------------------------------------------------------------------
