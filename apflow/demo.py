@@ -76,6 +76,7 @@ def run_demo(
     for name in repo.dataset_types():
         echo(f"  {name:<22} {len(repo.data_ids(name)):>5}")
     _report_alerts(repo, echo)
+    _report_dia_truth(repo, echo)
     echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s; data in {url}")
     return status
 
@@ -97,4 +98,20 @@ def _report_alerts(repo: Any, echo: Callable[[str], Any]) -> None:
     echo(
         f"\n{n_alerts} alerts ({n_sso} of known asteroids) in {len(ids)} Avro files under "
         f"{first.rsplit('/alerts/', 1)[0]}/alerts/\n  read one:  apflow alerts read {first}"
+    )
+
+
+def _report_dia_truth(repo: Any, echo: Callable[[str], Any]) -> None:
+    """DiaSources scored against the simulated truth: the science check an operator can read."""
+    from .sim import score_dia_sources
+
+    if "dia_source" not in repo.dataset_types() or not repo.data_ids("dia_source"):
+        return
+    score = score_dia_sources(repo)
+    n_ccd = len(score)
+    echo(
+        f"\nDiaSources against the simulated truth: {score['n_dia_sources'].sum()} in {n_ccd} "
+        f'CCD-visits, {score["n_real"].sum()} real (within 1" of a simulated variable, '
+        f"transient or asteroid), {score['n_false'].sum()} false "
+        f"({score['n_false'].mean():.1f} per CCD-visit, at most {score['n_false'].max()})"
     )

@@ -36,6 +36,7 @@ from .movers import (
     pack_designation,
     unpack_designation,
 )
+from .scoring import DIA_SCORE_COLUMNS, nearest_truth_arcsec, score_dia_sources
 from .simulate import TRUTH_DATASET_TYPES, simulate
 from .template import render_template, template_mjd
 from .transients import light_curve_flux, make_transient_catalog, template_flux
@@ -44,6 +45,7 @@ from .wcs import initial_wcs_header, pixel_to_sky, sky_to_pixel, true_wcs_header
 
 __all__ = [
     "BANDS",
+    "DIA_SCORE_COLUMNS",
     "DIA_TRUTH_COLUMNS",
     "EPHEMERIS_COLUMNS",
     "MoverPopulation",
@@ -71,11 +73,13 @@ __all__ = [
     "make_tract",
     "make_visits",
     "mover_state",
+    "nearest_truth_arcsec",
     "pack_designation",
     "pixel_to_sky",
     "render_coadd",
     "render_exposure",
     "render_template",
+    "score_dia_sources",
     "simulate",
     "sky_pattern",
     "sky_to_pixel",
