@@ -621,9 +621,12 @@ def main(argv: list[str] | None = None) -> None:
             f"({per_ccd_wall:.2f} s wall) per LSSTCam CCD; with calibrate and SSO "
             f"{per_ccd + t['calibrate'].cpu + t['sso'].cpu:.2f} s CPU"
         )
+        # held-out stars exist only when the kernel fit reserves some (default: none)
+        reserved = d["residual_rms_reserved"]
+        held_out = f" (held-out {reserved:.3f})" if reserved is not None else ""
         print(
             f"   subtraction quality: {d['n_stamps_used']} kernel stamps, residual rms "
-            f"{d['residual_rms_used']:.3f} (held-out {d['residual_rms_reserved']:.3f}), "
+            f"{d['residual_rms_used']:.3f}{held_out}, "
             f"sky std {d['sky_std']:.3f}, kernel sum {d['kernel_sum']:.4f}"
         )
 

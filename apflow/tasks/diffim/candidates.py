@@ -11,8 +11,15 @@ peak. A footprint is a candidate when
   crowded fields without candidates;
 - it is compact: the stamp's flux / peak (an effective area) is at most ``max_area_ratio``
   times the template PSF's (galaxies and blends are wider);
-- no pixel of the science stamp or of the template stamp grown by the kernel half-width carries
-  one of the ``bad_bits`` mask planes or is non-finite (saturated cores, edges, missing data).
+- no pixel of the science or the template within ``clean_radius`` of its peak carries one of
+  the bad mask planes or is non-finite (saturated cores, bad columns, missing data), and the
+  detector edge is at least ``edge_margin`` away. Masked pixels farther out, and the part of
+  the stamp beyond the detector, get no weight in the fit (:func:`~.kernel_fit.kernel_stamps`).
+  Requiring the whole stamp grown by the kernel half-width to be clean and on the detector
+  (Rubin's rule, ~30 px) left no candidate within 30 px of the edges -- calibration's 6 px
+  EDGE border alone reaches into every such stamp -- nor near bad columns, so the kernel was
+  held at the edge of the stamps' box over the outer 30-200 px of the simulator's 1k x 1k
+  CCDs, where bright stars kept residual lobes of up to +-9 sigma per pixel.
 
 The survivors are ranked by peak S/N within a ``grid`` x ``grid`` set of detector cells and the
 ``per_cell`` best of each cell are kept, so the spatial kernel model is constrained everywhere.
@@ -36,6 +43,12 @@ class CandidateSettings:
     max_area_ratio: float
     grid: int
     per_cell: int
+    clean_radius: int | None = None
+    """Half-side (px) of the box around a candidate's peak that must be free of masked pixels;
+    None: the whole fit stamp grown by the kernel half-width."""
+    edge_margin: int | None = None
+    """Smallest distance (px) of a candidate's peak from the detector edge; None: the whole fit
+    stamp grown by the kernel half-width must lie on the detector."""
 
 
 @dataclass
@@ -105,11 +118,14 @@ def select_candidates(
     order = np.argsort(-snr[peak_y, peak_x], kind="stable")
     peak_y, peak_x = peak_y[order], peak_x[order]
     grow = stamp_half + kernel_half
+    core = grow if settings.clean_radius is None else min(grow, max(1, settings.clean_radius))
+    margin = grow if settings.edge_margin is None else min(grow, max(1, settings.edge_margin))
     keep_x, keep_y, keep_snr = [], [], []
     for yc, xc in zip(peak_y.tolist(), peak_x.tolist(), strict=True):
-        if not (grow <= xc < width - grow and grow <= yc < height - grow):
+        if not (margin <= xc < width - margin and margin <= yc < height - margin):
             continue
-        y0, y1, x0, x1 = yc - grow, yc + grow + 1, xc - grow, xc + grow + 1
+        y0, y1 = max(yc - core, 0), min(yc + core + 1, height)
+        x0, x1 = max(xc - core, 0), min(xc + core + 1, width)
         if (
             template_bad[y0:y1, x0:x1].any()
             or science_bad[y0:y1, x0:x1].any()
@@ -117,8 +133,8 @@ def select_candidates(
         ):
             continue
         stamp = (
-            slice(yc - stamp_half, yc + stamp_half + 1),
-            slice(xc - stamp_half, xc + stamp_half + 1),
+            slice(max(yc - stamp_half, 0), yc + stamp_half + 1),
+            slice(max(xc - stamp_half, 0), xc + stamp_half + 1),
         )
         peak = float(snr[yc, xc])
         others = snr[stamp][peaks[stamp]]

@@ -483,7 +483,9 @@ def kernel_stamps(
     bad : numpy.ndarray
         bool map of pixels left out of the fit.
     x, y : numpy.ndarray
-        int stamp centres.
+        int stamp centres on the detector. A stamp may run off the detector: its pixels beyond
+        the edge get zero weight (their convolved values, which would need the image beyond
+        the margin, are not used).
     stamp_half, half : int
         Half-sides of the stamps and of the kernel.
     basis : AlardLuptonBasis
@@ -494,16 +496,23 @@ def kernel_stamps(
         ``(n, n_basis, side, side)`` convolved stamps, ``(n, side, side)`` reference stamps
         (0 where unusable) and weights ``1 / (var_ref + var_conv)`` (0 where unusable).
     """
+    height, width = ref_image.shape
     offsets = np.arange(-stamp_half, stamp_half + 1)
-    rows = y[:, None, None] + offsets[None, :, None]
-    cols = x[:, None, None] + offsets[None, None, :]
+    all_rows = y[:, None, None] + offsets[None, :, None]
+    all_cols = x[:, None, None] + offsets[None, None, :]
+    on_detector = (all_rows >= 0) & (all_rows < height) & (all_cols >= 0) & (all_cols < width)
+    # off-detector pixels are read at the nearest edge pixel and then given no weight
+    rows = np.clip(all_rows, 0, height - 1)
+    cols = np.clip(all_cols, 0, width - 1)
     reference = ref_image[rows, cols].astype(float)
     variance = ref_var[rows, cols].astype(float) + conv_var[rows + half, cols + half]
     wide = np.arange(-stamp_half - half, stamp_half + half + 1)
-    conv_rows = y[:, None, None] + half + wide[None, :, None]
-    conv_cols = x[:, None, None] + half + wide[None, None, :]
+    # a detector pixel's kernel footprint lies within the margin, so clipping only alters the
+    # convolved values of off-detector pixels
+    conv_rows = np.clip(y[:, None, None] + half + wide[None, :, None], 0, conv_image.shape[0] - 1)
+    conv_cols = np.clip(x[:, None, None] + half + wide[None, None, :], 0, conv_image.shape[1] - 1)
     convolved = convolve_stamps(conv_image[conv_rows, conv_cols].astype(float), basis)
-    usable = ~bad[rows, cols] & np.isfinite(reference) & (variance > 0)
+    usable = on_detector & ~bad[rows, cols] & np.isfinite(reference) & (variance > 0)
     weights = np.where(usable, 1.0 / np.where(usable, variance, 1.0), 0.0)
     reference = np.where(usable, reference, 0.0)
     return convolved, reference, weights

@@ -5,7 +5,8 @@ from 0.7" to 1.1" across the detector, TAN-SIP WCS rotated 0.6 deg and shifted a
 patch template of FWHM 0.5" at a 0.5% different pixel scale; six transients only in the
 science. Measured on this scene (seed 1): isolated stars' median normalised residual rms 1.00
 below 1e5 nJy, 1.05 at 1e5-1e6 nJy and 1.48 for the brightest (peak S/N > 1000, limited by
-resampling the sharp template); metadata rms on the used / reserved kernel stars 1.18 / 1.17;
+resampling the sharp template); metadata rms on the used kernel stars 1.18 (1.17 on the
+reserved ones when 15% were held back);
 mean PSF-flux residual of stars 0.09% of their flux; transient fluxes within 0.7%; sky mean and
 std of diff/sigma 0.007 and 1.001; kernel sum 0.999.
 """
@@ -69,7 +70,7 @@ def test_outputs_are_well_formed(scene, result):
     assert warped.psf.fwhm == pytest.approx(2.5, rel=1e-3)
     meta = diff.metadata
     assert meta["diffim_convolved_science"] == 0 and meta["diffim_template_coverage"] == 1.0
-    assert meta["diffim_n_stamps_used"] >= 30 and meta["diffim_n_stamps_reserved"] >= 5
+    assert meta["diffim_n_stamps_used"] >= 30 and meta["diffim_n_stamps_reserved"] == 0
     summary = result.summary()
     assert json.loads(json.dumps(summary)) == summary
     assert summary["n_stamps_used"] == meta["diffim_n_stamps_used"]
@@ -110,7 +111,6 @@ def test_residuals_of_stars_are_noise_like(scene, result):
     meta = diff.metadata
     # the kernel stars are the brightest: their residuals carry the resampling error
     assert meta["diffim_residual_rms_used"] < 1.3
-    assert meta["diffim_residual_rms_reserved"] < 1.3
 
 
 def test_no_systematic_residual_flux_on_stars(scene, result):
