@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 from scipy.interpolate import Akima1DInterpolator, CubicSpline
 
 from ...core import Exposure, MaskPlanes
@@ -28,6 +27,7 @@ from ...errors import ConfigError, TaskError
 from ...io import ArrayBundle
 from ..base import Task, TaskConfig
 from ..stats import clipped_stats
+from .detection import grow_footprints, grow_mask
 
 INTERPOLATIONS = ("akima", "makima", "cubic", "linear", "constant")
 
@@ -50,10 +50,23 @@ class BackgroundConfig(TaskConfig):
         Pixels with these planes set do not enter the bin statistics (Rubin's
         ``ignoredPixelMask`` plus ``SAT``, whose clipped values are not sky).
     detected_grow : int
-        Grow ``DETECTED`` by this many pixels (a square dilation) before leaving it out (Rubin
-        dilates by 10 px when it re-measures the background around stars). Small bins
-        otherwise take in the wings of faint stars beyond their footprints: with 16 px bins
-        that cost S/N 10-30 stars 1-5% of their flux on simulated CCDs. Default 0.
+        Grow ``DETECTED`` by this many pixels (a disk, :func:`~.detection.grow_mask`) before
+        leaving it out (Rubin dilates by 10 px when it re-measures the background around
+        stars). Small bins otherwise take in the wings of faint stars beyond their footprints:
+        with 16 px bins that cost S/N 10-30 stars 1-5% of their flux on simulated CCDs.
+        Default 0.
+    detected_grow_scale : float
+        Also grow each ``DETECTED`` footprint in proportion to its size
+        (:func:`~.detection.grow_footprints`): by ``detected_grow_scale * (a -
+        detected_grow_offset)`` px, ``a`` its semi-major axis, at most ``detected_grow_max``.
+        The wings of a bright galaxy reach far beyond the 5-sigma footprint and carry
+        thousands of nJy into the bins around it (see ``CalibrateImageConfig.final_background``
+        for the numbers). Default 0 (off).
+    detected_grow_offset : float
+        Footprints with a semi-major axis up to this (px) are not grown (faint stars, whose
+        wings outside the footprint hold too little light to matter). Default 8.
+    detected_grow_max : int
+        Cap of that growth (px): a bleed trail's long axis is not a wing. Default 32.
     min_valid_fraction : float
         A bin with fewer unmasked pixels than this fraction of its area has no value of its own
         and is filled from neighbouring bins. Default 0.05.
@@ -74,6 +87,9 @@ class BackgroundConfig(TaskConfig):
         "NO_DATA",
     )
     detected_grow: int = 0
+    detected_grow_scale: float = 0.0
+    detected_grow_offset: float = 8.0
+    detected_grow_max: int = 32
     min_valid_fraction: float = 0.05
     interpolation: str = "akima"
 
@@ -84,6 +100,11 @@ class BackgroundConfig(TaskConfig):
             raise ConfigError("n_sigma must be > 0 and n_iter >= 0")
         if self.detected_grow < 0:
             raise ConfigError(f"detected_grow must be >= 0, got {self.detected_grow}")
+        if self.detected_grow_scale < 0 or self.detected_grow_max < 0:
+            raise ConfigError(
+                "detected_grow_scale and detected_grow_max must be >= 0, got "
+                f"{self.detected_grow_scale} and {self.detected_grow_max}"
+            )
         if not 0 <= self.min_valid_fraction <= 1:
             raise ConfigError("min_valid_fraction must be in [0, 1]")
         if self.interpolation not in INTERPOLATIONS:
@@ -217,7 +238,10 @@ class SubtractBackgroundTask(Task):
     config: BackgroundConfig
 
     def run(
-        self, exposure: Exposure, previous_background: BackgroundModel | None = None
+        self,
+        exposure: Exposure,
+        previous_background: BackgroundModel | None = None,
+        footprints: np.ndarray | None = None,
     ) -> BackgroundResult:
         """Estimate and subtract the background.
 
@@ -230,6 +254,9 @@ class SubtractBackgroundTask(Task):
             A background already subtracted from ``exposure``. It is added back first, so the
             result holds the total background re-estimated from scratch (use this for a
             second pass once sources are masked).
+        footprints : numpy.ndarray, optional
+            Label image of the ``DETECTED`` footprints (:attr:`DetectionResult.footprints`),
+            used by ``config.detected_grow_scale``; default: labelled from the mask.
 
         Returns
         -------
@@ -244,7 +271,7 @@ class SubtractBackgroundTask(Task):
         image = exposure.image
         if previous_background is not None:
             image = image + previous_background.image()
-        background = estimate_background(image, exposure.mask, self.config)
+        background = estimate_background(image, exposure.mask, self.config, footprints)
         background_image = background.image()
         subtracted = dataclasses.replace(exposure, image=image - background_image)
         return BackgroundResult(
@@ -253,7 +280,10 @@ class SubtractBackgroundTask(Task):
 
 
 def estimate_background(
-    image: np.ndarray, mask: np.ndarray | None, config: BackgroundConfig
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    config: BackgroundConfig,
+    footprints: np.ndarray | None = None,
 ) -> BackgroundModel:
     """Binned sigma-clipped mean background of an image.
 
@@ -263,8 +293,12 @@ def estimate_background(
         ``(height, width)`` pixel values.
     mask : numpy.ndarray or None
         ``(height, width)`` int mask planes; pixels with ``config.ignored_mask_planes`` set,
-        and non-finite pixels, are excluded.
+        and non-finite pixels, are excluded. ``DETECTED`` is first grown as
+        ``config.detected_grow*`` say.
     config : BackgroundConfig
+    footprints : numpy.ndarray, optional
+        Label image of the ``DETECTED`` footprints, for ``config.detected_grow_scale``
+        (default: the 8-connected regions of ``DETECTED``).
 
     Returns
     -------
@@ -286,11 +320,18 @@ def estimate_background(
     ignored = ~np.isfinite(image)
     if mask is not None:
         ignored |= (mask & MaskPlanes.bits(*config.ignored_mask_planes)) != 0
-        if config.detected_grow > 0:
+        if config.detected_grow > 0 or config.detected_grow_scale > 0:
             detected = (mask & MaskPlanes.bits("DETECTED")) != 0
-            if detected.any():
-                size = 2 * config.detected_grow + 1
-                ignored |= ndimage.maximum_filter(detected, size=size, mode="constant")
+            if config.detected_grow_scale > 0:
+                ignored |= grow_footprints(
+                    detected,
+                    config.detected_grow_scale,
+                    config.detected_grow_offset,
+                    config.detected_grow_max,
+                    footprints,
+                )
+            if config.detected_grow > 0:
+                ignored |= grow_mask(detected, config.detected_grow)
     # The NaN-marked pixels go straight into the (padded) array the bins are cut from.
     data = np.full((n_bins_y * bin_h, n_bins_x * bin_w), np.nan, dtype=np.float32)
     inner = data[:height, :width]

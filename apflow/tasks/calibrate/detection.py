@@ -16,7 +16,8 @@ connected saturated region are merged into one.
 
 The building blocks are public for other detectors (difference-image detection reuses them):
 :func:`smoothed_significance`, :func:`grow_mask`, :func:`find_peaks`, :func:`suppress_peaks`
-and :func:`subpixel_peak_offsets`.
+and :func:`subpixel_peak_offsets`; :func:`grow_footprints` grows each footprint in proportion
+to its size (the final background's mask, :mod:`.background`).
 """
 
 from __future__ import annotations
@@ -376,7 +377,8 @@ def grow_mask(above: np.ndarray, radius: int) -> np.ndarray:
     height = above.shape[0]
     runs: dict[int, np.ndarray] = {}
     grown = np.zeros_like(above)
-    for dy in range(-radius, radius + 1):
+    reach = min(radius, height - 1)  # shifts by the whole height or more move nothing in
+    for dy in range(-reach, reach + 1):
         w = math.isqrt(radius * radius - dy * dy)
         if w not in runs:
             runs[w] = _dilate_rows(above, w)
@@ -389,10 +391,96 @@ def grow_mask(above: np.ndarray, radius: int) -> np.ndarray:
     return grown
 
 
+def grow_footprints(
+    detected: np.ndarray,
+    scale: float,
+    offset: float = 0.0,
+    max_radius: int = 32,
+    footprints: np.ndarray | None = None,
+) -> np.ndarray:
+    """Grow each footprint in proportion to its size: a big object's wings reach further.
+
+    A footprint whose pixels have the second-moment semi-major axis ``a`` (``2 sqrt`` of the
+    largest eigenvalue of their coordinate covariance: the radius of a filled disc, the
+    semi-major axis of a filled ellipse) is grown by a disk (:func:`grow_mask`) of radius
+    ``r = min(round(scale * (a - offset)), max_radius)`` px when ``r >= 1``. Footprints are
+    grown one by one in cutouts, so a large radius costs only around the few large footprints.
+
+    Parameters
+    ----------
+    detected : numpy.ndarray
+        ``(height, width)`` bool, e.g. the ``DETECTED`` plane.
+    scale : float
+        Growth per pixel of semi-major axis beyond ``offset`` (``<= 0`` returns a copy).
+    offset : float
+        Semi-major axis (px) below which a footprint is not grown.
+    max_radius : int
+        Cap on the growth (px), e.g. for a bleed trail, whose long axis is not a wing.
+    footprints : numpy.ndarray, optional
+        ``(height, width)`` int label image of the footprints (0 = none), e.g.
+        :attr:`DetectionResult.footprints`; default: the 8-connected regions of ``detected``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(height, width)`` bool, a new array: ``detected`` or any grown footprint.
+    """
+    grown = detected.copy()
+    if scale <= 0 or max_radius < 1 or not detected.any():
+        return grown
+    if footprints is None:
+        footprints, n = ndimage.label(detected, structure=np.ones((3, 3), bool))
+    else:
+        n = int(footprints.max())
+    height, width = detected.shape
+    flat = np.flatnonzero(footprints)
+    labels = footprints.ravel()[flat]
+    y, x = np.divmod(flat, width)
+    # label 0 (no footprint) and any unused label hold no pixel: no 0 / 0
+    npix = np.maximum(np.bincount(labels, minlength=n + 1), 1).astype(np.float64)
+    # Coordinates relative to the image centre keep the second moments' float64 sums exact
+    # enough on a 4k x 4k image.
+    x = x - width / 2.0
+    y = y - height / 2.0
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        return np.bincount(labels, values, minlength=n + 1) / npix
+
+    mx, my = mean(x), mean(y)
+    sxx = mean(x * x) - mx**2
+    syy = mean(y * y) - my**2
+    sxy = mean(x * y) - mx * my
+    largest = 0.5 * (sxx + syy) + np.sqrt(0.25 * (sxx - syy) ** 2 + sxy**2)
+    semi_major = 2.0 * np.sqrt(np.maximum(largest, 0.0))
+    radius = np.minimum(np.rint(scale * (semi_major - offset)), max_radius)
+    to_grow = np.flatnonzero(radius[1:] >= 1) + 1
+    if len(to_grow) == 0:
+        return grown
+    boxes = ndimage.find_objects(footprints, max_label=int(to_grow[-1]))
+    for label in to_grow:
+        r = int(radius[label])
+        rows, cols = boxes[label - 1]
+        y0, y1 = max(rows.start - r, 0), min(rows.stop + r, height)
+        x0, x1 = max(cols.start - r, 0), min(cols.stop + r, width)
+        cutout = footprints[y0:y1, x0:x1] == label
+        grown[y0:y1, x0:x1] |= grow_mask(cutout, r)
+    return grown
+
+
 def _dilate_rows(mask: np.ndarray, half_width: int) -> np.ndarray:
     """Dilate a boolean image along rows by ``+-half_width`` px (doubling ORs of shifted views)."""
     if half_width == 0:
         return mask
+    width = mask.shape[1]
+    if width <= 2 * half_width:
+        # A run as wide as the image (a cutout around a footprint grown by more than half its
+        # width): count the set pixels in [x - half_width, x + half_width] from running sums.
+        counts = np.zeros((mask.shape[0], width + 1), np.int32)
+        np.cumsum(mask, axis=1, out=counts[:, 1:])
+        x = np.arange(width)
+        stop = np.minimum(x + half_width + 1, width)
+        start = np.maximum(x - half_width, 0)
+        return counts[:, stop] > counts[:, start]
     span = 2 * half_width + 1
     # forward[x] covers mask[x .. x + covered - 1]; doubling reaches the span in log2 steps.
     forward = mask.copy()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from apflow.core import Exposure, GaussianPsf, MaskPlanes
 from apflow.errors import PsfError
 from apflow.tasks.calibrate import DetectionConfig, DetectSourcesTask
-from apflow.tasks.calibrate.detection import SOURCE_COLUMNS
+from apflow.tasks.calibrate.detection import SOURCE_COLUMNS, grow_footprints, grow_mask
 from tests.tasks.calibrate.conftest import (
     clear_of_brighter,
     expected_snr,
@@ -144,3 +145,61 @@ def test_higher_threshold_finds_fewer_sources(characterised):
     strict = DetectSourcesTask(DetectionConfig(threshold=20.0)).run(exposure)
     assert 0 < len(strict.sources) < len(characterised.detection.sources)
     assert (strict.sources["peak_significance"] > 20).all()
+
+
+def brute_force_disk_dilation(mask: np.ndarray, radius: int) -> np.ndarray:
+    """OR of the mask shifted by every offset within ``radius`` (nothing enters from outside)."""
+    height, width = mask.shape
+    out = np.zeros_like(mask)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dx * dx + dy * dy > radius * radius or abs(dy) >= height or abs(dx) >= width:
+                continue
+            src = mask[max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)]
+            out[max(0, dy) : height - max(0, -dy), max(0, dx) : width - max(0, -dx)] |= src
+    return out
+
+
+@pytest.mark.parametrize("shape", [(40, 9), (9, 40), (60, 70)])
+def test_grow_mask_is_a_disk_dilation_even_when_the_radius_exceeds_the_image(shape):
+    """A radius beyond half the width (a cutout at the CCD edge) raised a broadcast error."""
+    rng = np.random.default_rng(3)
+    mask = rng.random(shape) < 0.01
+    mask[shape[0] // 2, shape[1] // 2] = True
+    for radius in (1, 4, 12):
+        assert np.array_equal(grow_mask(mask, radius), brute_force_disk_dilation(mask, radius))
+
+
+def disk(shape: tuple[int, int], x: float, y: float, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return np.hypot(xx - x, yy - y) <= radius
+
+
+def test_grow_footprints_grows_in_proportion_to_the_semi_major_axis():
+    shape = (300, 300)
+    big = disk(shape, 100.0, 100.0, 20.0)  # semi-major axis 20 px
+    small = disk(shape, 240.0, 240.0, 3.0)  # below the offset: left alone
+    edge = disk(shape, 2.0, 250.0, 12.0)  # cut by the image edge
+    detected = big | small | edge
+    grown = grow_footprints(detected, scale=1.0, offset=5.0, max_radius=32)
+    # the disc of radius 20 grown by about 20 - 5 = 15 px
+    assert grown[100, 100 + 34] and not grown[100, 100 + 37]
+    assert grown[100 - 34, 100] and not grown[100 - 37, 100]
+    assert np.array_equal(grown & disk(shape, 240.0, 240.0, 30.0), small)
+    assert grown[250, 2 + 12 + 4] and not grown[250, 2 + 12 + 12]  # grown, by less than 12
+    assert not (detected & ~grown).any()
+    # the same with the labels given, and the cap respected
+    labels, _ = ndimage.label(detected, structure=np.ones((3, 3), bool))
+    assert np.array_equal(grow_footprints(detected, 1.0, 5.0, 32, footprints=labels), grown)
+    capped = grow_footprints(detected, scale=3.0, offset=5.0, max_radius=10)
+    assert capped[100, 100 + 30] and not capped[100, 100 + 32]
+    assert np.array_equal(grow_footprints(detected, scale=0.0), detected)
+
+
+def test_grow_footprints_follows_an_elongated_footprint_along_its_major_axis():
+    yy, xx = np.mgrid[:200, :200]
+    ellipse = ((xx - 100) / 30.0) ** 2 + ((yy - 100) / 10.0) ** 2 <= 1  # a = 30, b = 10 px
+    grown = grow_footprints(ellipse, scale=1.0, offset=5.0)
+    # grown isotropically by ~25 px: the minor axis reaches ~35 px, the major ~55 px
+    assert grown[100 + 33, 100] and not grown[100 + 38, 100]
+    assert grown[100, 100 + 53] and not grown[100, 100 + 58]
