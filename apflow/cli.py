@@ -152,6 +152,43 @@ def ls_command(repo, dataset) -> None:
 
 @main.command()
 @click.argument("repo")
+@click.option("--yes", is_flag=True, help="Do it (without it: only say what would change).")
+@_friendly_errors
+def upgrade(repo, yes) -> None:
+    """Bring REPO's dataset types up to this apflow's definitions.
+
+    A built-in type whose keys changed (sky frames became per physical_filter) is redefined
+    and its stored datasets, derived products, are deleted: rerun the workflow that made them
+    (apflow run sky_frame REPO). Run it when nothing else writes REPO.
+    """
+    from .engine.workflow import load_workflow, workflows_dir
+    from .io import DatasetType, Repository
+
+    # the types the shipped workflows declare have current definitions too
+    declared = {
+        name: DatasetType(name, spec.dimensions, spec.storage)
+        for path in sorted(workflows_dir().glob("*.yaml"))
+        for name, spec in load_workflow(path).dataset_types.items()
+    }
+    repository = Repository(repo)
+    outdated = repository.outdated_dataset_types(declared)
+    if not outdated:
+        click.echo(f"{repository.url}: up to date")
+        return
+    for name, (old, new) in outdated.items():
+        n = len(repository.data_ids(name))
+        change = f"{name}: [{', '.join(old.dimensions)}] -> [{', '.join(new.dimensions)}]"
+        if yes:
+            repository.upgrade_dataset_type(name, declared)
+            click.echo(f"{change}; deleted {n} datasets")
+        else:
+            click.echo(f"{change}; would delete {n} datasets")
+    if not yes:
+        click.echo("rerun with --yes to apply")
+
+
+@main.command()
+@click.argument("repo")
 @click.argument("dataset")
 @click.argument("data_id", nargs=-1)
 @click.option("--png", type=click.Path(dir_okay=False), help="Write a scaled image (exposures).")

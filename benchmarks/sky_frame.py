@@ -163,16 +163,20 @@ def serial_loop(repo: Any) -> tuple[dict[str, float], dict[str, dict[str, float]
     for d in detectors:
         residuals = [get("residual_sky", visit=v, detector=d) for v in visits]
         result = task.run(residual_skies=residuals, detector=camera[d])
-        put(result.sky_frame, "sky_frame", detector=d)
-        put(result.sky_frame_binned, "sky_frame_binned", detector=d)
+        physical_filter = result.sky_frame_binned.attrs["physical_filter"]  # one filter here
+        put(result.sky_frame, "sky_frame", detector=d, physical_filter=physical_filter)
+        put(
+            result.sky_frame_binned, "sky_frame_binned", detector=d, physical_filter=physical_filter
+        )
     seconds["combine_sky"] = time.perf_counter() - start
 
     current[0] = "sky_camera"
     start = time.perf_counter()
-    frames = [get("sky_frame_binned", detector=d) for d in detectors]
+    frames = [get("sky_frame_binned", **d) for d in repo.data_ids("sky_frame_binned")]
     result = SkyCameraTask().run(sky_frames=frames, camera=camera)
-    put(result.sky_camera, "sky_camera")
-    put(result.sky_camera_png, "sky_camera_png")
+    physical_filter = frames[0].attrs["physical_filter"]
+    put(result.sky_camera, "sky_camera", physical_filter=physical_filter)
+    put(result.sky_camera_png, "sky_camera_png", physical_filter=physical_filter)
     seconds["sky_camera"] = time.perf_counter() - start
     return dict(seconds), dict(io)
 

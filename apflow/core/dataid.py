@@ -17,6 +17,13 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 DataId = dict[str, int | str]
 
+#: Dimension -> the dimensions its value determines (as in Rubin's Butler: a visit has one band
+#: and one physical filter). The engine plans with it (:mod:`apflow.engine.implied`); a
+#: repository read may leave the implied ones out when the others name a single dataset.
+IMPLIED_DIMENSIONS: dict[str, tuple[str, ...]] = {"visit": ("band", "physical_filter")}
+#: Every dimension some other implies.
+IMPLIED_KEYS: frozenset[str] = frozenset(d for dims in IMPLIED_DIMENSIONS.values() for d in dims)
+
 
 def validate_value(key: str, value: Any) -> int | str:
     """Return a normalised data id value or raise :class:`InvalidDataIdError`.

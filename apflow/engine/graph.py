@@ -29,6 +29,10 @@ headers without pixels, once per dataset per plan; :mod:`apflow.io.regions`,
   than the quantum's exposure (its visit info) is left out too. Without a known band, every
   band within the margin is kept (the difference-imaging task also keeps only its band).
 
+Dimensions a visit implies (its ``band`` and ``physical_filter``, :mod:`apflow.engine.implied`)
+join like stored ones where a stage or a one-to-one input names them: the values are read from
+the visit info of the repository's exposures, once per visit per plan, and only then.
+
 Resume lives here too: a quantum whose outputs all exist, or were recorded as deliberately not
 produced by the run that made the others (``Repository.mark_not_produced``), is marked ``skip``
 (unless ``redo``) and is never sent to the cluster, and a quantum depends only on producers that
@@ -45,8 +49,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..core import normalize_data_id
+from ..core.dataid import IMPLIED_KEYS
 from ..core.region import SkyPolygon, SkyPolygonSet
 from ..errors import DatasetError, WorkflowError
+from .implied import Implied, with_implied
 from .where import Where
 from .workflow import InputSpec, Stage, Workflow
 
@@ -192,6 +198,7 @@ class QuantumGraph:
         redo: bool = False,
         regions: RegionSource | None = None,
         list_not_produced: Callable[[str], Iterable[Mapping[str, Any]]] | None = None,
+        visit_records: Callable[[Iterable[Any]], Mapping[Any, Mapping[str, str]]] | None = None,
     ) -> QuantumGraph:
         """Expand ``workflow`` over the datasets that exist.
 
@@ -212,12 +219,17 @@ class QuantumGraph:
             Dataset type -> data ids that a completed quantum chose not to produce
             (``repo.not_produced_ids``): such an output counts as done for resume, and as
             absent for the stages that read it.
+        visit_records : callable, optional
+            Visits -> their ``band`` and ``physical_filter``
+            (:class:`~apflow.engine.implied.VisitRecords`); needed when a stage uses a
+            dimension implied by ``visit`` that its data ids lack (:mod:`apflow.engine.implied`).
 
         Raises
         ------
         WorkflowError
             When a spatial input cannot be joined: no region source, candidates that are not
-            exposures or do not exist before the run, or a quantum with no exposure to place it.
+            exposures or do not exist before the run, or a quantum with no exposure to place it;
+            or when a visit's implied band / physical filter is needed but unknown.
         DatasetError
             When a dataset needed for a spatial input has no WCS (the message names it).
         """
@@ -257,19 +269,22 @@ class QuantumGraph:
         quanta: dict[str, Quantum] = {}
         producer: dict[tuple[str, IdKey], str] = {}
         joins = _SpatialJoins(workflow, regions, existing_ids, dimensions_of, producer, quanta)
+        implied = Implied(visit_records, workflow.name)
         for depth, stage in enumerate(workflow.stages):
             stage_dims = frozenset(stage.dimensions)
             order = {d: n for n, d in enumerate(stage.dimensions)}
-            gather_indexes = _gather_indexes(stage, stage_dims, available, dimensions_of)
+            gather_indexes = _gather_indexes(stage, stage_dims, available, dimensions_of, implied)
             input_dims = {i.name: frozenset(dimensions_of(i.dataset_type)) for i in stage.inputs}
             # dimensions each gathered input shares with the stage: its index key (computed
-            # once per stage, not per quantum)
-            shared = {name: dims & stage_dims for name, dims in input_dims.items()}
-            stage_ids = _stage_data_ids(stage, stage_dims, available, dimensions_of, where)
+            # once per stage, not per quantum); a visit's implied filter counts as shared
+            shared = {name: with_implied(dims) & stage_dims for name, dims in input_dims.items()}
+            stage_ids = _stage_data_ids(stage, stage_dims, available, dimensions_of, where, implied)
             spatial = [s for s in stage.inputs if s.spatial and s.name in gather_indexes]
             quantum_regions = joins.quantum_regions(stage, stage_ids) if spatial else {}
             for data_id in stage_ids:
-                refs = _input_refs(stage, data_id, available, input_dims, shared, gather_indexes)
+                refs = _input_refs(
+                    stage, data_id, available, input_dims, shared, gather_indexes, implied
+                )
                 for spec in spatial:
                     ref = next(r for r in refs if r.name == spec.name)
                     group = _project(data_id, shared[spec.name])
@@ -306,18 +321,33 @@ def _stage_data_ids(
     available: Callable[[str], set[IdKey]],
     dimensions_of: Callable[[str], tuple[str, ...]],
     where: Where | None,
+    implied: Implied,
 ) -> list[IdKey]:
+    required = [s for s in stage.inputs if not s.optional]
+    in_dims = {s.name: frozenset(dimensions_of(s.dataset_type)) for s in required}
+    # implied dimensions (a visit's filter) join the inputs only where the stage or a one-to-one
+    # input names them: a [visit, detector] stage reading a [detector, physical_filter] input
+    # joins on the visit's filter; other stages never read a header for it
+    lookup_dims = with_implied(stage_dims)
+    named = stage_dims.union(*(d for d in in_dims.values() if d <= lookup_dims))
+    join_dims = stage_dims | (lookup_dims & named & IMPLIED_KEYS)
+    if where is not None:  # --where on a visit's filter selects every stage's visits
+        join_dims |= lookup_dims & where.keys & IMPLIED_KEYS
     relations = []
-    for spec in stage.inputs:
-        if spec.optional:
-            continue
-        dims = frozenset(dimensions_of(spec.dataset_type)) & stage_dims
-        ids = available(spec.dataset_type)
+    for spec in required:
+        dims = with_implied(in_dims[spec.name]) & join_dims
+        ids: Iterable[IdKey] = available(spec.dataset_type)
+        extra = dims - in_dims[spec.name]
+        if extra:
+            where_text = f"stage {stage.name!r} input {spec.name!r}"
+            ids = implied.augment(sorted(ids, key=_sort_key), extra, where_text)
         project = _projector(ids, dims)
         relations.append((dims, {project(i) for i in ids}))
     ids = _natural_join(relations)
-    if where is not None:
+    if where is not None:  # before projecting: --where can select on a visit's implied filter
         ids = {i for i in ids if where(dict(i))}
+    if join_dims != stage_dims:
+        ids = {_project(i, stage_dims) for i in ids}
     # in the stage's own dimension order: [visit, detector] runs visit by visit, so a visit's
     # gather can start while later visits are still being processed
     positions = {k: n for n, k in enumerate(stage.dimensions)}
@@ -329,20 +359,29 @@ def _gather_indexes(
     stage_dims: frozenset[str],
     available: Callable[[str], set[IdKey]],
     dimensions_of: Callable[[str], tuple[str, ...]],
+    implied: Implied,
 ) -> dict[str, dict[IdKey, list[IdKey]]]:
     # one pass per gathered input instead of one scan per quantum (189 CCDs x 1,000 visits)
     # keyed by the dimensions the input shares with the stage (all of the stage's for a plain
-    # gather, none for a broadcast such as every template patch to every CCD)
+    # gather, none for a broadcast such as every template patch to every CCD; a visit's
+    # implied filter for a per-filter stage gathering visits)
     indexes = {}
     for spec in stage.inputs:
         in_dims = frozenset(dimensions_of(spec.dataset_type))
-        if in_dims <= stage_dims:
+        if in_dims <= with_implied(stage_dims):
             continue
         index: dict[IdKey, list[IdKey]] = defaultdict(list)
-        ids = available(spec.dataset_type)
-        project = _projector(ids, in_dims & stage_dims)
-        for i in sorted(ids, key=_sort_key):
-            index[project(i)].append(i)
+        ids = sorted(available(spec.dataset_type), key=_sort_key)
+        key_dims = with_implied(in_dims) & stage_dims
+        extra = key_dims - in_dims
+        keyed = (
+            implied.augment(ids, extra, f"stage {stage.name!r} input {spec.name!r}")
+            if extra
+            else ids
+        )
+        project = _projector(keyed, key_dims)
+        for i, key in zip(ids, keyed, strict=True):
+            index[project(key)].append(i)
         indexes[spec.name] = index
     return indexes
 
@@ -354,6 +393,7 @@ def _input_refs(
     input_dims: dict[str, frozenset[str]],
     shared: dict[str, frozenset[str]],
     gather_indexes: dict[str, dict[IdKey, list[IdKey]]],
+    implied: Implied,
 ) -> list[InputRef]:
     refs = []
     for spec in stage.inputs:
@@ -364,7 +404,23 @@ def _input_refs(
             gathered = True
         else:
             in_dims = input_dims[spec.name]
-            wanted = data_id if len(in_dims) == len(data_id) else _project(data_id, in_dims)
+            extra = in_dims - {k for k, _ in data_id}
+            if extra:  # looked up through the visit's implied filter
+                where_text = f"stage {stage.name!r} input {spec.name!r}"
+                try:
+                    wanted = _project(implied.augment([data_id], extra, where_text)[0], in_dims)
+                except WorkflowError:
+                    if not spec.optional:
+                        raise
+                    # an optional input of a visit whose filter is not recorded: absent
+                    refs.append(
+                        InputRef(spec.name, spec.dataset_type, False, True, spec.min_inputs, [])
+                    )
+                    continue
+            elif len(in_dims) == len(data_id):
+                wanted = data_id
+            else:
+                wanted = _project(data_id, in_dims)
             present = wanted in available(spec.dataset_type)
             ids = [wanted] if present or not spec.optional else []
             gathered = False

@@ -14,6 +14,7 @@ from ..errors import WorkflowError
 from .cluster import connect
 from .execute import execute
 from .graph import IdKey, Quantum, QuantumGraph
+from .implied import VisitRecords
 from .progress import Progress, event_topic
 from .provenance import new_run_id
 from .quantum import QuantumInput, QuantumSpec
@@ -145,7 +146,15 @@ def plan(
     """
     repository = _open_repository(repo)
 
+    outdated = repository.outdated_dataset_types()
+
     def dimensions_of(name: str) -> tuple[str, ...]:
+        if name in outdated:
+            old, new = outdated[name]
+            raise WorkflowError(
+                f"{repository.url} has dataset type {name!r} as {list(old.dimensions)}, this "
+                f"apflow as {list(new.dimensions)}{_UPGRADE_HINT}"
+            )
         return tuple(repository.dataset_type(name).dimensions)
 
     loaded = load_workflow(workflow, dimensions_of).with_config(config)
@@ -170,6 +179,9 @@ def plan(
         redo,
         regions,
         getattr(repository, "not_produced_ids", None),
+        # a visit's band / filter, from the exposures the workflow reads (read only if a stage
+        # needs them: apflow.engine.implied)
+        VisitRecords(repository, loaded.input_dataset_types()),
     )
 
 
@@ -184,8 +196,14 @@ def _register_dataset_types(workflow: Workflow, repository: Any) -> None:
             raise WorkflowError(
                 f"workflow {workflow.name!r} declares dataset type {spec.name!r} with dimensions "
                 f"{list(spec.dimensions)} and storage {spec.storage!r}, but the repository has "
-                f"{list(current.dimensions)} / {current.storage!r}"
+                f"{list(current.dimensions)} / {current.storage!r}{_UPGRADE_HINT}"
             )
+
+
+_UPGRADE_HINT = (
+    " (a repository made by an older apflow: `apflow upgrade REPO` redefines such types and "
+    "deletes their stored datasets, which the workflow that made them rebuilds)"
+)
 
 
 def _spec_factory(graph: QuantumGraph, summary: RunSummary, repository: Any, topic: str | None):

@@ -49,6 +49,11 @@ of exposures can be ``spatial``: ``template: {dataset: template, spatial: true}`
 quantum only the patches whose sky region comes within ``margin_arcsec`` (default 60) of the
 quantum's own exposure, and of its band (see :mod:`apflow.engine.graph`).
 
+A visit implies its ``band`` and ``physical_filter`` (:mod:`apflow.engine.implied`): a stage
+over ``[visit, detector]`` reads an input over ``[detector, physical_filter]`` one to one (the
+sky frame of the visit's filter), and a stage over ``[detector, physical_filter]`` gathers an
+input over ``[visit, detector]`` by the visits' filter (one sky frame per filter).
+
 ``ordered_by`` makes a stage run its quanta in the order of one dimension's values, one value at a
 time (a barrier between values, not a data dependency: a failed quantum of visit 3 does not block
 visit 4). Alert production uses it so that association sees visits in time order on any cluster:
@@ -69,6 +74,7 @@ import yaml
 
 from ..errors import ConfigError, UnknownDatasetTypeError, WorkflowError
 from ..tasks.base import Task, TaskConfig
+from .implied import with_implied
 
 __all__ = [
     "CONTEXT_PARAMETERS",
@@ -269,7 +275,10 @@ class Workflow:
             covered: set[str] = set()
             for spec in stage.inputs:
                 in_dims = set(dims(spec.dataset_type, f"stage {stage.name!r} input {spec.name!r}"))
-                gathered = not in_dims <= stage_dims
+                # a visit's band / physical filter is known to a stage with a visit dimension
+                # (apflow.engine.implied): an input over [detector, physical_filter] is one to
+                # one for a [visit, detector] stage, not gathered
+                gathered = not in_dims <= with_implied(stage_dims)
                 if spec.min_inputs is not None and not gathered:
                     raise WorkflowError(
                         f"workflow {self.name!r}, stage {stage.name!r}: input {spec.name!r} sets "
@@ -281,7 +290,7 @@ class Workflow:
                         "spatial but not gathered (it has no dimensions the stage lacks)"
                     )
                 if not spec.optional:
-                    covered |= in_dims & stage_dims
+                    covered |= with_implied(in_dims) & stage_dims
             if covered != stage_dims:
                 raise WorkflowError(
                     f"workflow {self.name!r}, stage {stage.name!r}: its required inputs do not "

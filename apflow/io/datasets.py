@@ -180,8 +180,8 @@ BUILTIN_DATASET_TYPES: dict[str, DatasetType] = dict(
         _builtin("post_isr_skycorr", VD, "exposure"),  # post_isr minus the scaled sky frame
         _builtin("calexp", VD, "exposure"),
         _builtin("calexp_background", VD, "arrays"),
-        _builtin("sky_frame", ("detector",), "exposure"),
-        _builtin("sky_camera", (), "exposure"),
+        _builtin("sky_frame", ("detector", "physical_filter"), "exposure"),  # per filter
+        _builtin("sky_camera", ("physical_filter",), "exposure"),
         _builtin("deep_coadd", ("tract", "patch", "band"), "exposure"),
         _builtin("template", ("tract", "patch", "band"), "exposure"),
         _builtin("diff_image", VD, "exposure"),
@@ -198,7 +198,7 @@ BUILTIN_DATASET_TYPES: dict[str, DatasetType] = dict(
         _builtin("ss_source", VD, "dataframe"),
         # files for other tools
         _builtin("alerts", VD, "avro"),
-        _builtin("sky_camera_png", (), "png"),
+        _builtin("sky_camera_png", ("physical_filter",), "png"),
         # simulator truth (the simulator may register more truth_* types)
         _builtin("truth_sky_frame", ("detector",), "arrays"),
         _builtin("truth_visits", (), "dataframe"),

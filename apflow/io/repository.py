@@ -23,12 +23,13 @@ from typing import Any
 
 from .. import __version__
 from ..core import Camera, get_camera
-from ..core.dataid import DataId
+from ..core.dataid import IMPLIED_KEYS, DataId
 from ..errors import (
     CorruptDatasetError,
     DatasetExistsError,
     DatasetNotFoundError,
     DatasetTypeConflictError,
+    InvalidDataIdError,
     RepositoryError,
     StorageTypeError,
     UnknownDatasetTypeError,
@@ -209,6 +210,67 @@ class Repository:
             )
         raise RepositoryError(f"{self.url}: could not register {name!r} (concurrent updates)")
 
+    def outdated_dataset_types(
+        self, definitions: Mapping[str, DatasetType] | None = None
+    ) -> dict[str, tuple[DatasetType, DatasetType]]:
+        """Dataset types this repository registered with an older definition.
+
+        Parameters
+        ----------
+        definitions : mapping, optional
+            Current definitions beyond the built-in types (those the workflows declare).
+
+        Returns
+        -------
+        dict
+            ``{name: (registered, current)}``; empty when the repository is up to date.
+        """
+        known = {**BUILTIN_DATASET_TYPES, **(definitions or {})}
+        config = self._load_config(reload=True)
+        out = {}
+        for name, spec in config["dataset_types"].items():
+            current = known.get(name)
+            registered = DatasetType.from_dict(name, spec)
+            if current is not None and registered != current:
+                out[name] = (registered, current)
+        return out
+
+    def upgrade_dataset_type(
+        self, name: str, definitions: Mapping[str, DatasetType] | None = None
+    ) -> int:
+        """Drop an outdated dataset type's registration (see :meth:`outdated_dataset_types`)
+        and delete its stored datasets; a built-in type then has its current definition, and
+        a workflow's type is registered anew by the next run.
+
+        The datasets are laid out under the old data ids and cannot be moved without knowing
+        the new keys' values; upgradable types are derived products (sky frames) that the
+        workflow that made them rebuilds. Run it when nothing else writes the repository.
+
+        Returns
+        -------
+        int
+            Datasets deleted.
+
+        Raises
+        ------
+        DatasetTypeConflictError
+            If ``name`` is not outdated.
+        """
+        if name not in self.outdated_dataset_types(definitions):
+            raise DatasetTypeConflictError(
+                f"{self.url}: {name!r} is not a dataset type with an outdated definition"
+            )
+        ids = self.data_ids(name)
+        for data_id in ids:
+            self.remove(name, **data_id)
+        for data_id in self.not_produced_ids(name):
+            self.remove(name, **data_id)
+        config = self._load_config(reload=True)
+        del config["dataset_types"][name]
+        self._backend.write_file_atomic(self._backend.path(CONFIG_FILE), strict_json.dumps(config))
+        self._known_types(reload=True)
+        return len(ids)
+
     def dataset_types(self) -> list[str]:
         """Sorted names of the dataset types that have at least one dataset."""
         known = self._known_types(reload=True)
@@ -284,15 +346,22 @@ class Repository:
     def get(self, dataset_type: str, **data_id: Any) -> Any:
         """Read one dataset.
 
+        Keys that the others imply may be left out when the stored datasets leave one choice:
+        ``get("sky_frame", detector=4)`` reads detector 4's frame when frames of only one
+        ``physical_filter`` exist (:data:`~apflow.core.dataid.IMPLIED_DIMENSIONS`; the same in
+        :meth:`exists`, :meth:`exposure_header` and :meth:`provenance`).
+
         Raises
         ------
         DatasetNotFoundError
             If it does not exist (or is not complete).
+        InvalidDataIdError
+            If the keys do not name one dataset (a left-out key with several stored values).
         CorruptDatasetError
             If it exists but cannot be decoded.
         """
         dtype = self.dataset_type(dataset_type)
-        did = dtype.validate_data_id(data_id)
+        did = self._read_id(dtype, data_id)
         fmt = FORMATS[dtype.storage]
         backend = self._backend
         directory = self._dataset_dir(dtype, did)
@@ -324,7 +393,7 @@ class Repository:
         DatasetNotFoundError, CorruptDatasetError
         """
         dtype = self.dataset_type(dataset_type)
-        did = dtype.validate_data_id(data_id)
+        did = self._read_id(dtype, data_id)
         if dtype.storage != "exposure":
             raise StorageTypeError(
                 dataset_type, did, f"storage is {dtype.storage!r}, not an exposure: no header"
@@ -352,11 +421,30 @@ class Repository:
         return result[0]
 
     def exists(self, dataset_type: str, **data_id: Any) -> bool:
-        """True if the dataset exists and is complete."""
+        """True if the dataset exists and is complete (see :meth:`get` for implied keys)."""
         dtype = self.dataset_type(dataset_type)
-        did = dtype.validate_data_id(data_id)
+        try:
+            did = self._read_id(dtype, data_id)
+        except DatasetNotFoundError:
+            return False
         path = f"{self._dataset_dir(dtype, did)}/{MARKER}"
         return self._backend.read_bytes_or_none(path) is not None
+
+    def _read_id(self, dtype: DatasetType, data_id: Mapping[str, Any]) -> DataId:
+        """The full data id a read names, filling left-out implied keys from what is stored."""
+        missing = [d for d in dtype.dimensions if d not in data_id]
+        if not missing or not set(missing) <= IMPLIED_KEYS:
+            return dtype.validate_data_id(data_id)
+        found = self.data_ids(dtype.name, **data_id)
+        if len(found) == 1:
+            return found[0]
+        given = dtype.validate_constraints(data_id)
+        if not found:
+            raise DatasetNotFoundError(dtype.name, given, where=self.url)
+        choices = sorted({tuple(str(i[d]) for d in missing) for i in found})
+        raise InvalidDataIdError(
+            f"{dtype.name} {given}: stored for several {missing} ({choices}); give one"
+        )
 
     def data_ids(self, dataset_type: str, **constraints: Any) -> list[DataId]:
         """Data ids of the complete datasets of a type, sorted.
@@ -465,7 +553,7 @@ class Repository:
     def provenance(self, dataset_type: str, **data_id: Any) -> dict[str, Any]:
         """What ``put(provenance=...)`` recorded, plus ``written`` (UTC) and ``apflow_version``."""
         dtype = self.dataset_type(dataset_type)
-        did = dtype.validate_data_id(data_id)
+        did = self._read_id(dtype, data_id)
         record = self._commit_record(dtype, did)
         return {
             **(record.get("provenance") or {}),

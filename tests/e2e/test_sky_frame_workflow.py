@@ -101,7 +101,10 @@ def test_sky_frames_match_truth_to_2_percent(sky_repo):
     absorbed = absorbed_by_focal_plane_model(camera, patterns)
     truth = {d: _bin_means((patterns[d] - absorbed[d]) / (1.0 + absorbed[d])) for d in patterns}
     recovered = {
-        d: np.asarray(repo.get("sky_frame_binned", detector=d)["sky"], dtype=np.float64)
+        d: np.asarray(
+            repo.get("sky_frame_binned", detector=d, physical_filter="r_sim")["sky"],
+            dtype=np.float64,
+        )
         for d in patterns
     }
     truth_small = _without_superpixel_part(camera, truth)
@@ -118,11 +121,11 @@ def test_sky_frames_match_truth_to_2_percent(sky_repo):
 def test_outputs_provenance_mosaic_and_rerun_skips_everything(sky_repo):
     repo = Repository(sky_repo)
     assert len(repo.data_ids("sky_frame")) == 9
-    frame = repo.get("sky_frame", detector=4)
+    frame = repo.get("sky_frame", detector=4, physical_filter="r_sim")
     assert frame.shape == (1024, 1024)
     assert frame.metadata["input_visits"] == list(range(1, 13))  # the science visit is not in
-    assert repo.get("sky_camera_png")[:8] == b"\x89PNG\r\n\x1a\n"
-    assert repo.provenance("sky_frame", detector=4)
+    assert repo.get("sky_camera_png", physical_filter="r_sim")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert repo.provenance("sky_frame", detector=4, physical_filter="r_sim")
     again = run("sky_frame", sky_repo, where=FRAME_VISITS, scheduler="synchronous", progress=False)
     assert (
         again.ok and again.count("done") == 0 and again.count("skipped") == 12 * 9 * 3 + 12 + 9 + 1

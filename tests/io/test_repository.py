@@ -140,6 +140,29 @@ def test_wrong_keys_name_type_and_expected_keys(repo, data_id, make_exposure):
         repo.get("calexp", **data_id)
 
 
+def test_reads_may_leave_out_a_key_the_stored_datasets_imply(repo, make_exposure):
+    """A sky frame is per (detector, physical_filter); with one filter stored, the detector
+    alone names it (DESIGN's ``repo.exists("sky_frame", detector=4)``); with two it does not."""
+    assert not repo.exists("sky_frame", detector=4)
+    with pytest.raises(DatasetNotFoundError, match="sky_frame"):
+        repo.get("sky_frame", detector=4)
+    repo.put(make_exposure(), "sky_frame", detector=4, physical_filter="r_sim", provenance={"a": 1})
+    assert repo.exists("sky_frame", detector=4)
+    assert repo.get("sky_frame", detector=4).shape == make_exposure().shape
+    assert repo.provenance("sky_frame", detector=4)["a"] == 1
+    assert repo.exposure_header("sky_frame", detector=4).shape == make_exposure().shape
+    assert not repo.exists("sky_frame", detector=5)
+    repo.put(make_exposure(), "sky_frame", detector=4, physical_filter="g_sim")
+    with pytest.raises(InvalidDataIdError, match=r"sky_frame .*g_sim.*r_sim.*give one"):
+        repo.get("sky_frame", detector=4)
+    assert repo.get("sky_frame", detector=4, physical_filter="g_sim") is not None
+    # only implied keys may be left out, and writes always need every key
+    with pytest.raises(InvalidDataIdError, match="needs data id keys"):
+        repo.get("sky_frame", physical_filter="g_sim")
+    with pytest.raises(InvalidDataIdError, match="needs data id keys"):
+        repo.put(make_exposure(), "sky_frame", detector=4)
+
+
 def test_data_ids_sorted_filtered_and_complete_only(repo):
     for visit in (12, 3):
         for detector in (2, 0):

@@ -55,6 +55,7 @@ __all__ = [
     "SubtractSkyFrameConfig",
     "SubtractSkyFrameResult",
     "SubtractSkyFrameTask",
+    "check_sky_frame",
     "fit_sky_frame_scale",
     "sample_sky_frame",
     "subtract_sky_frame",
@@ -427,8 +428,9 @@ class SubtractSkyFrameConfig(TaskConfig):
 class SubtractSkyFrameResult:
     """The sky-corrected exposure.
 
-    ``metadata["sky_correction"]`` records ``applied`` and the ``scale``, or, when no frame
-    could be applied, ``applied: False`` and the ``reason`` (the pixels are the input's).
+    ``metadata["sky_correction"]`` records ``applied``, the ``scale`` and the frame's
+    ``physical_filter``, or, when no frame could be applied, ``applied: False`` and the
+    ``reason`` (the pixels are the input's).
     """
 
     exposure: Exposure
@@ -451,9 +453,9 @@ class SubtractSkyFrameTask(Task):
     def run(
         self,
         exposure: Exposure,
-        sky_scale: dict[str, Any],
-        focal_plane_background: ArrayBundle,
         detector: Detector,
+        sky_scale: dict[str, Any] | None = None,
+        focal_plane_background: ArrayBundle | None = None,
         sky_frame: Exposure | ArrayBundle | None = None,
     ) -> SubtractSkyFrameResult:
         """Apply the correction.
@@ -462,35 +464,46 @@ class SubtractSkyFrameTask(Task):
         ----------
         exposure : Exposure
             The science CCD (counts).
-        sky_scale : dict
-            :class:`SkyFrameScaleTask` output of the visit (a broadcast input).
-        focal_plane_background : ArrayBundle
-            The visit's focal-plane model (the frame's normaliser; a broadcast input).
         detector : Detector
             Context parameter.
+        sky_scale : dict, optional
+            :class:`SkyFrameScaleTask` output of the visit (a broadcast input). None (no CCD
+            of the visit has a sky frame, so none was masked or fitted) or a null ``scale``:
+            the exposure is returned unchanged.
+        focal_plane_background : ArrayBundle, optional
+            The visit's focal-plane model (the frame's normaliser; a broadcast input). Needed
+            whenever a correction is applied.
         sky_frame : Exposure or ArrayBundle, optional
-            This detector's sky frame (full or binned). None (no frame was built), or a visit
-            without a fitted scale: the exposure is returned unchanged, the metadata and the
-            summary say why.
+            This detector's sky frame (full or binned). None (no frame was built): the
+            exposure is returned unchanged; the metadata and the summary say why.
 
         Raises
         ------
         TaskError
-            If the sky frame is of another filter than the exposure.
+            If the sky frame is of another filter than the exposure, or a correction is due
+            but the visit's focal-plane model is missing.
         """
         reason = None
         if sky_frame is None:
             reason = f"detector {detector.id}: no sky frame; sky correction not applied"
-        elif sky_scale.get("scale") is None:
+        elif sky_scale is None or sky_scale.get("scale") is None:
+            visit = (sky_scale or {}).get("visit")
+            if visit is None and exposure.visit_info is not None:
+                visit = exposure.visit_info.visit
             reason = (
-                f"visit {sky_scale.get('visit')}: no sky-frame scale (no CCD of the visit had a "
+                f"visit {visit}: no sky-frame scale (no CCD of the visit had a "
                 f"sky frame); sky correction of detector {detector.id} not applied"
+            )
+        elif focal_plane_background is None:
+            raise TaskError(
+                f"visit {sky_scale.get('visit')}, detector {detector.id}: a sky-frame scale "
+                "but no focal-plane background model to normalise the sky frame with"
             )
         if reason is not None:
             _log.info("%s", reason)
             metadata = {**exposure.metadata, "sky_correction": {"applied": False, "reason": reason}}
             return SubtractSkyFrameResult(dataclasses.replace(exposure, metadata=metadata))
-        _check_filter(exposure, sky_frame, detector)
+        _check_filter(exposure, sky_frame, detector.id)
         frame = _full_frame(sky_frame, exposure.shape)
         model = as_bundle(focal_plane_background, MODEL_KIND, ("model",))
         normalization = _frame_normalization(sky_frame)
@@ -499,6 +512,11 @@ class SubtractSkyFrameTask(Task):
         )
         normalizer = background if normalization == "local" else float(model.attrs["scale"])
         corrected = subtract_sky_frame(exposure, frame, float(sky_scale["scale"]), normalizer)
+        # which frame: sky frames are per physical filter
+        frame_attrs = sky_frame.metadata if isinstance(sky_frame, Exposure) else sky_frame.attrs
+        corrected.metadata["sky_correction"]["physical_filter"] = str(
+            frame_attrs.get("physical_filter", "")
+        )
         if self.config.subtract_focal_plane:
             corrected.image = corrected.image - background
             corrected.metadata["sky_correction"]["focal_plane_subtracted"] = True
@@ -561,12 +579,28 @@ def _check_same(residual: dict[str, Any], frame: dict[str, Any], det_id: int) ->
             )
 
 
-def _check_filter(exposure: Exposure, frame: Exposure | ArrayBundle, detector: Detector) -> None:
+def check_sky_frame(frame: Exposure | ArrayBundle, exposure: Exposure) -> None:
+    """Raise :class:`TaskError` unless ``frame`` is a sky frame of the exposure's detector and
+    physical filter (either side unknown: not checked).
+
+    Parameters
+    ----------
+    frame : Exposure or ArrayBundle
+        A ``sky_frame`` or ``sky_frame_binned``.
+    exposure : Exposure
+    """
+    det_id = frame_detector(frame)
+    if exposure.detector is not None and int(exposure.detector) != det_id:
+        raise TaskError(f"detector {exposure.detector}: given the sky frame of detector {det_id}")
+    _check_filter(exposure, frame, det_id)
+
+
+def _check_filter(exposure: Exposure, frame: Exposure | ArrayBundle, detector_id: int) -> None:
     attrs = frame.metadata if isinstance(frame, Exposure) else frame.attrs
     want = exposure.visit_info.physical_filter if exposure.visit_info is not None else ""
     have = str(attrs.get("physical_filter", ""))
     if want and have and want != have:
         raise TaskError(
-            f"detector {detector.id}: sky frame of physical filter {have!r} for an exposure "
+            f"detector {detector_id}: sky frame of physical filter {have!r} for an exposure "
             f"in {want!r}"
         )

@@ -49,6 +49,8 @@ from ...core import Exposure, MaskPlanes
 from ...errors import ConfigError, TaskError
 from ..base import Task, TaskConfig
 from ..stats import binned_median
+from .bundle import ArrayBundle
+from .correct import check_sky_frame
 from .interpolate import bin_matrix, fill_bad_bins, separable_product
 
 __all__ = ["MaskObjectsConfig", "MaskObjectsResult", "MaskObjectsTask", "detect_objects"]
@@ -141,19 +143,30 @@ class MaskObjectsTask(Task):
     ConfigClass = MaskObjectsConfig
     config: MaskObjectsConfig
 
-    def run(self, exposure: Exposure) -> MaskObjectsResult:
+    def run(
+        self, exposure: Exposure, sky_frame: Exposure | ArrayBundle | None = None
+    ) -> MaskObjectsResult:
         """Detect objects iteratively and set the DETECTED plane.
 
         Parameters
         ----------
         exposure : Exposure
             A post-ISR exposure (counts); its variance plane, when finite, sets the noise.
+        sky_frame : Exposure or ArrayBundle, optional
+            The sky frame the masked exposure is being prepared for (sky correction). Not used
+            by the masking: ``workflows/sky_correct.yaml`` makes it a required input so that
+            only CCDs with a sky frame are masked at all (a CCD without one is passed through
+            unchanged, so its masked exposure would be wasted work). Checked here, before the
+            expensive part, to be this exposure's detector and physical filter.
 
         Raises
         ------
         TaskError
-            If every pixel is masked by ``ignore_mask_planes`` or non-finite.
+            If every pixel is masked by ``ignore_mask_planes`` or non-finite, or the sky frame
+            is of another detector or physical filter.
         """
+        if sky_frame is not None:
+            check_sky_frame(sky_frame, exposure)
         cfg = self.config
         ignore = exposure.mask_of(*cfg.ignore_mask_planes) if cfg.ignore_mask_planes else None
         detected, noise = detect_objects(

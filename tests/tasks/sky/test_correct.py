@@ -242,4 +242,27 @@ def test_without_a_frame_or_a_scale_the_exposure_passes_unchanged(
 
 def test_an_applied_correction_is_recorded_as_applied(sky_pipeline, corrected) -> None:
     record = corrected.exposures[0].metadata["sky_correction"]
-    assert record == {"applied": True, "scale": corrected.sky_scale["scale"]}
+    assert record == {
+        "applied": True,
+        "scale": corrected.sky_scale["scale"],
+        "physical_filter": "r_sim",
+    }
+
+
+def test_masking_for_sky_correction_refuses_a_frame_of_another_detector_or_filter(
+    sky_pipeline, science_visit
+) -> None:
+    exposure = science_visit[4]
+    with pytest.raises(TaskError, match="detector 4: given the sky frame of detector 0"):
+        MaskObjectsTask().run(exposure=exposure, sky_frame=sky_pipeline.frames[0].sky_frame_binned)
+    other = dataclasses.replace(
+        exposure, visit_info=VisitInfo(visit=101, band="g", physical_filter="g_sim")
+    )
+    with pytest.raises(TaskError, match="physical filter 'r_sim' for an exposure in 'g_sim'"):
+        MaskObjectsTask().run(exposure=other, sky_frame=sky_pipeline.frames[4].sky_frame_binned)
+    # the right frame: masked as without one
+    with_frame = MaskObjectsTask().run(
+        exposure=exposure, sky_frame=sky_pipeline.frames[4].sky_frame_binned
+    )
+    without = MaskObjectsTask().run(exposure=exposure)
+    assert np.array_equal(with_frame.exposure.mask, without.exposure.mask)

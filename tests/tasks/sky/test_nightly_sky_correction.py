@@ -80,7 +80,11 @@ def test_without_sky_frames_nightly_calibrates_every_ccd_from_the_unchanged_expo
         calexp = repo.get("calexp", visit=VISIT, detector=detector)
         assert np.isfinite(calexp.metadata["zero_point"])
         assert repo.exists("dia_source", visit=VISIT, detector=detector)
-    assert repo.get("sky_scale", visit=VISIT)["scale"] is None
+    # no sky frame: nothing was masked, modelled or fitted (the copy is the whole cost)
+    for dataset_type in ("sky_masked", "focal_plane_partial", "sky_frame_samples"):
+        assert repo.data_ids(dataset_type) == [], dataset_type
+    assert not repo.exists("sky_scale", visit=VISIT)
+    assert not repo.exists("focal_plane_background", visit=VISIT)
     # calibrate's own background absorbed the whole pattern
     for detector in DETECTORS:
         assert _pattern_in_calibrate_background(repo, detector) > 0.9
@@ -93,10 +97,51 @@ def test_with_sky_frames_calibrate_gets_the_corrected_exposure(with_frames):
     assert scale["scale"] == pytest.approx(1.0, abs=0.05)
     for detector in DETECTORS:
         record = repo.get("post_isr_skycorr", visit=VISIT, detector=detector).metadata
-        assert record["sky_correction"] == {"applied": True, "scale": scale["scale"]}
+        assert record["sky_correction"] == {
+            "applied": True,
+            "scale": scale["scale"],
+            "physical_filter": "r_sim",
+        }
         calexp = repo.get("calexp", visit=VISIT, detector=detector)
         assert np.isfinite(calexp.metadata["zero_point"])
         # the calexp says the correction was applied (calibrate used to overwrite it)
         assert calexp.metadata["sky_correction"] == record["sky_correction"]
         # the sky frame removed the pattern before calibrate: little is left for its background
         assert _pattern_in_calibrate_background(repo, detector) < 0.1
+
+
+@pytest.fixture(scope="module")
+def one_frame_on_a_cluster(simulated, tmp_path_factory) -> Repository:
+    """A sky frame for detector 3 only; ``sky_correct`` of visit 1 on a local cluster (a
+    scheduler and two worker processes on 127.0.0.1)."""
+    url = str(tmp_path_factory.mktemp("skycorr-one-frame") / "repo")
+    shutil.copytree(simulated, url)
+    frames = run("sky_frame", url, where="detector = 3", scheduler="synchronous", progress=False)
+    assert frames.ok, frames.as_table()
+    summary = run("sky_correct", url, where=f"visit = {VISIT}", workers=2, progress=False)
+    assert summary.ok, summary.as_table()
+    return Repository(url)
+
+
+def test_on_a_cluster_only_ccds_with_a_sky_frame_are_masked_and_corrected(
+    one_frame_on_a_cluster,
+):
+    repo = one_frame_on_a_cluster
+    # detector 4 has no sky frame: never masked (no sky_masked, no marker), copied unchanged
+    assert repo.data_ids("sky_masked", visit=VISIT) == [{"visit": VISIT, "detector": 3}]
+    assert repo.not_produced_ids("sky_masked") == []
+    raw = repo.get("post_isr", visit=VISIT, detector=4)
+    passed = repo.get("post_isr_skycorr", visit=VISIT, detector=4)
+    assert np.array_equal(passed.image, raw.image)
+    assert passed.metadata["sky_correction"]["applied"] is False
+    # detector 3 alone sets the visit's scale and is corrected with it
+    scale = repo.get("sky_scale", visit=VISIT)
+    assert scale["detectors"] == [3]
+    assert scale["scale"] == pytest.approx(1.0, abs=0.1)
+    corrected = repo.get("post_isr_skycorr", visit=VISIT, detector=3)
+    assert corrected.metadata["sky_correction"] == {
+        "applied": True,
+        "scale": scale["scale"],
+        "physical_filter": "r_sim",
+    }
+    assert not np.array_equal(corrected.image, repo.get("post_isr", visit=VISIT, detector=3).image)
