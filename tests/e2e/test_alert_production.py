@@ -49,7 +49,11 @@ come out ~0.3% high).
 What keeps the false DiaSources down (issue 7): saturated pixels of both images are grown by the
 PSF-matching kernel in the difference's SAT plane and sources centred on them are dropped
 (Rubin's ``badSourceFlags``); a footprint gives one source per prominent peak, not one per noise
-bump on a bright star's residual; the spatial kernel is not extrapolated beyond its stamps.
+bump on a bright star's residual; every kernel candidate, the brightest first, is fitted, and
+candidates need only a clean core and an edge margin, so the kernel's stamps reach the CCD
+edges; calibrate's final background masks bright galaxies' wings (footprints grown with their
+size), which it over-subtracted into negative halos. All nine CCDs of the default camera:
+``test_false_dia_sources.py`` (slow).
 """
 
 from __future__ import annotations
