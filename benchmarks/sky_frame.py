@@ -397,13 +397,16 @@ def run_workflow(repo: Any, n_ccds: int, pixels: int, pin: bool = True) -> None:
             f"   {stage:22s} {serial_stages[stage]:11.1f}   {stages1[stage].task_seconds:15.1f}"
             f"   {stages2[stage].task_seconds:16.1f}"
         )
-    print("   read / compute / write s   serial loop          engine 1 worker")
+    print(
+        "   read / compute / write s   serial loop          engine 1 worker      engine 2 workers"
+    )
     for stage in STAGES:
         read, write = serial_io[stage]["read"], serial_io[stage]["write"]
-        one = stages1[stage]
+        one, two = stages1[stage], stages2[stage]
         print(
             f"   {stage:22s} {read:6.1f} {serial_stages[stage] - read - write:6.1f} {write:6.1f}"
             f"   {one.read_seconds:6.1f} {one.compute_seconds:6.1f} {one.write_seconds:6.1f}"
+            f"   {two.read_seconds:6.1f} {two.compute_seconds:6.1f} {two.write_seconds:6.1f}"
         )
 
 
