@@ -124,16 +124,20 @@ def serial_loop(repo: Any) -> tuple[dict[str, float], dict[str, dict[str, float]
     start = time.perf_counter()
     task = MaskObjectsTask()
     for v, d in ids:
-        put(task.run(exposure=get("post_isr", visit=v, detector=d)).exposure,
-            "sky_masked", visit=v, detector=d)  # fmt: skip
+        put(task.run(exposure=get("post_isr", visit=v, detector=d)).object_mask,
+            "sky_object_mask", visit=v, detector=d)  # fmt: skip
     seconds["mask_objects"] = time.perf_counter() - start
 
     current[0] = "focal_plane_partial"
     start = time.perf_counter()
     task = FocalPlanePartialTask()
     for v, d in ids:
-        exposure = get("sky_masked", visit=v, detector=d)
-        result = task.run(exposure=exposure, detector=camera[d], camera=camera)
+        result = task.run(
+            exposure=get("post_isr", visit=v, detector=d),
+            object_mask=get("sky_object_mask", visit=v, detector=d),
+            detector=camera[d],
+            camera=camera,
+        )
         put(result.focal_plane_partial, "focal_plane_partial", visit=v, detector=d)
     seconds["focal_plane_partial"] = time.perf_counter() - start
 
@@ -150,7 +154,8 @@ def serial_loop(repo: Any) -> tuple[dict[str, float], dict[str, dict[str, float]
     task = SkyMeasurementTask()
     for v, d in ids:
         result = task.run(
-            exposure=get("sky_masked", visit=v, detector=d),
+            exposure=get("post_isr", visit=v, detector=d),
+            object_mask=get("sky_object_mask", visit=v, detector=d),
             focal_plane_background=get("focal_plane_background", visit=v),
             detector=camera[d],
         )

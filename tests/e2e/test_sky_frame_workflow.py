@@ -39,7 +39,11 @@ from apflow.engine import plan
 from apflow.errors import UnknownDatasetTypeError
 from apflow.io import Repository
 from apflow.sim import SkyModel, background_image, simulate
-from apflow.tasks.sky import absorbed_by_focal_plane_model, binned_clipped_stats
+from apflow.tasks.sky import (
+    absorbed_by_focal_plane_model,
+    apply_object_mask,
+    binned_clipped_stats,
+)
 
 SEED = 3
 N_VISITS = 13
@@ -49,7 +53,7 @@ BIN = 32
 #: pixels the sky measurement excludes besides EDGE (Rubin's background mask planes)
 BACKGROUND_MASK = ("SAT", "BAD", "EDGE", "DETECTED", "DETECTED_NEGATIVE", "NO_DATA")
 SKY_FRAME_OUTPUTS = (
-    "sky_masked",
+    "sky_object_mask",
     "focal_plane_partial",
     "focal_plane_background",
     "residual_sky",
@@ -175,7 +179,7 @@ def test_interrupted_cluster_run_resumes_and_equals_an_uninterrupted_run(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        _wait_until(lambda: _count(resumed, "sky_masked") >= 2, timeout=90)
+        _wait_until(lambda: _count(resumed, "sky_object_mask") >= 2, timeout=90)
     finally:
         os.killpg(client_process.pid, signal.SIGKILL)
         client_process.wait(timeout=10)
@@ -224,11 +228,13 @@ def _small_scale_background(repo: Repository, visit: int) -> tuple[float, float,
     absorbed = absorbed_by_focal_plane_model(camera, y)
     rms: dict[str, list[np.ndarray]] = {"truth": [], "before": [], "after": []}
     for d in camera.detector_ids:
-        bad = repo.get("sky_masked", visit=visit, detector=d).mask_of(*BACKGROUND_MASK)
+        post_isr = repo.get("post_isr", visit=visit, detector=d)
+        object_mask = repo.get("sky_object_mask", visit=visit, detector=d)
+        bad = apply_object_mask(post_isr, object_mask).mask_of(*BACKGROUND_MASK)
         large = level * (1.0 + absorbed[d])
         images = {
             "truth": level * (1.0 + y[d]),
-            "before": repo.get("post_isr", visit=visit, detector=d).image,
+            "before": post_isr.image,
             "after": repo.get("post_isr_skycorr", visit=visit, detector=d).image,
         }
         for key, image in images.items():

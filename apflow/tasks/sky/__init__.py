@@ -5,14 +5,17 @@ Stages and their quanta (see each task's ``run`` for inputs and result fields):
 =============================  ==================  =====================================
 task                           quantum             inputs
 =============================  ==================  =====================================
-:class:`MaskObjectsTask`       visit, detector     ``exposure``
-:class:`FocalPlanePartialTask` visit, detector     ``exposure`` + context ``detector``, ``camera``
+:class:`MaskObjectsTask`       visit, detector     ``exposure`` -> ``object_mask``
+:class:`FocalPlanePartialTask` visit, detector     ``exposure``, ``object_mask`` + context
+                                                   ``detector``, ``camera``
 :class:`FocalPlaneBackgroundTask` visit            ``partials`` (gathered list)
-:class:`SkyMeasurementTask`    visit, detector     ``exposure``, ``focal_plane_background`` + ``detector``
+:class:`SkyMeasurementTask`    visit, detector     ``exposure``, ``object_mask``,
+                                                   ``focal_plane_background`` + ``detector``
 :class:`SkyCombineTask`        detector            ``residual_skies`` (gathered over visits)
 :class:`SkyCameraTask`         (none)              ``sky_frames`` (gathered) + ``camera``
-:class:`SkyFrameSamplesTask`   visit, detector     ``exposure``, ``focal_plane_background``,
-                                                   optional ``sky_frame`` + ``detector``
+:class:`SkyFrameSamplesTask`   visit, detector     ``exposure``, ``object_mask``,
+                                                   ``focal_plane_background``, optional
+                                                   ``sky_frame`` + ``detector``
 :class:`SkyFrameScaleTask`     visit               ``residual_skies`` (gathered samples; or
                                                    residuals + ``sky_frames``)
 :class:`SubtractSkyFrameTask`  visit, detector     ``exposure``, optional ``sky_frame``,
@@ -20,6 +23,10 @@ task                           quantum             inputs
                                                    + ``detector``
 :class:`SkyCorrectionTask`     visit (in memory)   ``exposures``, ``sky_frames`` + ``camera``
 =============================  ==================  =====================================
+
+The object mask (``sky_object_mask``: the DETECTED pixels alone, :mod:`.object_mask`) is set
+on the post-ISR exposure by :func:`apply_object_mask`; without it, the tasks use the exposure's
+own DETECTED plane.
 
 A detector without a sky frame is passed through unchanged (see :mod:`.correct`), so the
 ``nightly`` workflow, which sky-corrects first, also runs where no sky frame was built.
@@ -76,6 +83,7 @@ from .mosaic import (
     render_sky_camera_png,
     sky_camera_mosaic,
 )
+from .object_mask import OBJECT_MASK_KIND, apply_object_mask, object_mask_bundle
 from .sky_correction import SkyCorrectionConfig, SkyCorrectionResult, SkyCorrectionTask
 
 __all__ = [
@@ -84,6 +92,7 @@ __all__ = [
     "FocalPlaneBackgroundResult",
     "FocalPlaneBackgroundTask",
     "absorbed_by_focal_plane_model",
+    "apply_object_mask",
     "FocalPlaneGrid",
     "FocalPlanePartialConfig",
     "FocalPlanePartialResult",
@@ -91,6 +100,7 @@ __all__ = [
     "MaskObjectsConfig",
     "MaskObjectsResult",
     "MaskObjectsTask",
+    "OBJECT_MASK_KIND",
     "SkyCameraConfig",
     "SkyCameraResult",
     "SkyCameraTask",
@@ -126,6 +136,7 @@ __all__ = [
     "measure_binned_sky",
     "measure_focal_plane_partial",
     "merge_partials",
+    "object_mask_bundle",
     "render_sky_camera_png",
     "sample_sky_frame",
     "sky_camera_mosaic",

@@ -45,6 +45,7 @@ from .combine import SKY_FRAME_BINNED_KIND
 from .focal_plane_model import MODEL_KIND, evaluate_focal_plane_background
 from .interpolate import upsample_bins
 from .measure import RESIDUAL_KIND, SkyMeasurementResult, SkyMeasurementTask
+from .object_mask import apply_object_mask
 
 __all__ = [
     "SkyFrameScaleConfig",
@@ -328,13 +329,15 @@ class SkyFrameSamplesTask(SkyMeasurementTask):
         focal_plane_background: ArrayBundle,
         detector: Detector,
         sky_frame: Exposure | ArrayBundle | None = None,
+        object_mask: ArrayBundle | None = None,
     ) -> SkyMeasurementResult:
         """Measure the binned residual sky and sample the sky frame on its bins.
 
         Parameters
         ----------
         exposure : Exposure
-            Object-masked science exposure of this (visit, detector).
+            Object-masked science exposure of this (visit, detector), or the post-ISR exposure
+            when ``object_mask`` is given.
         focal_plane_background : ArrayBundle
             The visit's focal-plane model (a broadcast input).
         detector : Detector
@@ -342,12 +345,16 @@ class SkyFrameSamplesTask(SkyMeasurementTask):
         sky_frame : Exposure or ArrayBundle, optional
             This detector's sky frame, full or binned (a broadcast input). None (no frame was
             built for the detector): the residual alone, with ``has_sky_frame`` False.
+        object_mask : ArrayBundle, optional
+            The exposure's ``sky_object_mask`` (see :class:`SkyMeasurementTask`).
 
         Raises
         ------
         TaskError
             If the frame is of another detector, filter or normalisation, or binned otherwise.
         """
+        if object_mask is not None:
+            exposure = apply_object_mask(exposure, object_mask)
         if sky_frame is None:
             residual = super().run(exposure, focal_plane_background, detector).residual_sky
             _log.info("detector %s has no sky frame: no sky-frame samples", detector.id)

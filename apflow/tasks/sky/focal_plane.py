@@ -25,6 +25,7 @@ from ...errors import ConfigError, TaskError
 from ..base import Task, TaskConfig
 from ..stats import clipped_stats
 from .bundle import ArrayBundle, as_bundle, visit_attrs
+from .object_mask import apply_object_mask
 
 __all__ = [
     "PARTIAL_KIND",
@@ -174,19 +175,29 @@ class FocalPlanePartialTask(Task):
     config: FocalPlanePartialConfig
 
     def run(
-        self, exposure: Exposure, detector: Detector, camera: Camera
+        self,
+        exposure: Exposure,
+        detector: Detector,
+        camera: Camera,
+        object_mask: ArrayBundle | None = None,
     ) -> FocalPlanePartialResult:
         """Measure the CCD's superpixel sums.
 
         Parameters
         ----------
         exposure : Exposure
-            Object-masked exposure (``DETECTED`` set by :class:`MaskObjectsTask`).
+            Object-masked exposure (``DETECTED`` set by :class:`MaskObjectsTask`), or the
+            post-ISR exposure when ``object_mask`` is given.
         detector : Detector
             Its detector (context parameter).
         camera : Camera
             The camera, for the grid bounds (context parameter).
+        object_mask : ArrayBundle, optional
+            The exposure's ``sky_object_mask``: set as its DETECTED plane first
+            (:func:`apply_object_mask`).
         """
+        if object_mask is not None:
+            exposure = apply_object_mask(exposure, object_mask)
         cfg = self.config
         grid = FocalPlaneGrid.from_camera(camera, cfg.bin_size_mm or None)
         bad = exposure.mask_of(*cfg.mask_planes) if cfg.mask_planes else None

@@ -33,11 +33,14 @@ Where we depart from Rubin, and why (measured on the synthetic camera of the tes
   background (Rubin's ``doInterpolate``). Later stages exclude them from their statistics.
 - Detection runs on ``detection_binning`` x ``detection_binning`` block means (2 by default). The
   5-px kernel is much wider than 2 px, so the significance is unchanged, and it is 4x faster.
+
+The result's ``object_mask`` (the detections alone, :mod:`.object_mask`) is what the workflows
+store as ``sky_object_mask``; later stages set it on ``post_isr`` with :func:`apply_object_mask`
+rather than reading back a whole masked copy of the exposure.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,13 +48,14 @@ import scipy.sparse
 from astropy.stats import mad_std
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
-from ...core import Exposure, MaskPlanes
+from ...core import Exposure
 from ...errors import ConfigError, TaskError
 from ..base import Task, TaskConfig
 from ..stats import binned_median
 from .bundle import ArrayBundle
 from .correct import check_sky_frame
 from .interpolate import bin_matrix, fill_bad_bins, separable_product
+from .object_mask import apply_object_mask, object_mask_bundle
 
 __all__ = ["MaskObjectsConfig", "MaskObjectsResult", "MaskObjectsTask", "detect_objects"]
 
@@ -115,22 +119,33 @@ class MaskObjectsConfig(TaskConfig):
 
 @dataclass
 class MaskObjectsResult:
-    """The object-masked exposure.
+    """The object mask of one exposure.
 
     Attributes
     ----------
-    exposure : Exposure
-        The input with ``DETECTED`` replaced by the new detections. Image and variance are
-        shared with the input (not copied); the mask is a new array.
+    object_mask : ArrayBundle
+        The detections alone (``sky_object_mask``, see :mod:`.object_mask`): what the
+        workflows store, a few hundred kB per LSSTCam CCD instead of a whole exposure.
     detected_fraction : float
         Fraction of the CCD's pixels flagged DETECTED.
     noise : float
         Per-pixel noise used for the threshold (image units).
+    source : Exposure
+        The input exposure (kept for :attr:`exposure`; not a workflow output).
     """
 
-    exposure: Exposure
+    object_mask: ArrayBundle
     detected_fraction: float
     noise: float
+    source: Exposure = field(repr=False)
+
+    @property
+    def exposure(self) -> Exposure:
+        """The input with ``DETECTED`` replaced by the new detections (built on demand).
+
+        Image and variance are shared with the input (not copied); the mask is a new array.
+        """
+        return apply_object_mask(self.source, self.object_mask)
 
     def summary(self) -> dict[str, float]:
         """Detected fraction and noise."""
@@ -146,17 +161,17 @@ class MaskObjectsTask(Task):
     def run(
         self, exposure: Exposure, sky_frame: Exposure | ArrayBundle | None = None
     ) -> MaskObjectsResult:
-        """Detect objects iteratively and set the DETECTED plane.
+        """Detect objects iteratively: the new DETECTED plane, as an object mask.
 
         Parameters
         ----------
         exposure : Exposure
             A post-ISR exposure (counts); its variance plane, when finite, sets the noise.
         sky_frame : Exposure or ArrayBundle, optional
-            The sky frame the masked exposure is being prepared for (sky correction). Not used
+            The sky frame the object mask is being prepared for (sky correction). Not used
             by the masking: ``workflows/sky_correct.yaml`` makes it a required input so that
             only CCDs with a sky frame are masked at all (a CCD without one is passed through
-            unchanged, so its masked exposure would be wasted work). Checked here, before the
+            unchanged, so its object mask would be wasted work). Checked here, before the
             expensive part, to be this exposure's detector and physical filter.
 
         Raises
@@ -172,13 +187,9 @@ class MaskObjectsTask(Task):
         detected, noise = detect_objects(
             exposure.image, ignore, variance=exposure.variance, **self._detect_options()
         )
-        bit = np.int32(MaskPlanes.DETECTED)
-        mask = (exposure.mask & ~bit) | (detected.astype(np.int32) * bit)
-        metadata = dict(exposure.metadata)
         fraction = float(detected.mean())
-        metadata["mask_objects"] = {"detected_fraction": fraction, "noise": noise}
-        masked = dataclasses.replace(exposure, mask=mask.astype(np.int32), metadata=metadata)
-        return MaskObjectsResult(exposure=masked, detected_fraction=fraction, noise=noise)
+        object_mask = object_mask_bundle(detected, exposure, fraction, noise)
+        return MaskObjectsResult(object_mask, fraction, noise, source=exposure)
 
     def _detect_options(self) -> dict[str, float | int]:
         cfg = self.config

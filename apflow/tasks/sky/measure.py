@@ -28,6 +28,7 @@ from ..base import Task, TaskConfig
 from ..stats import binned_clipped_stats
 from .bundle import ArrayBundle, as_bundle, visit_attrs
 from .focal_plane_model import MODEL_KIND, evaluate_focal_plane_background
+from .object_mask import apply_object_mask
 
 __all__ = [
     "RESIDUAL_KIND",
@@ -126,24 +127,34 @@ class SkyMeasurementTask(Task):
     config: SkyMeasurementConfig
 
     def run(
-        self, exposure: Exposure, focal_plane_background: ArrayBundle, detector: Detector
+        self,
+        exposure: Exposure,
+        focal_plane_background: ArrayBundle,
+        detector: Detector,
+        object_mask: ArrayBundle | None = None,
     ) -> SkyMeasurementResult:
         """Measure the binned residual sky.
 
         Parameters
         ----------
         exposure : Exposure
-            Object-masked exposure of this (visit, detector).
+            Object-masked exposure of this (visit, detector), or the post-ISR exposure when
+            ``object_mask`` is given.
         focal_plane_background : ArrayBundle
             :class:`FocalPlaneBackgroundTask` output of the visit (a broadcast input).
         detector : Detector
             Context parameter.
+        object_mask : ArrayBundle, optional
+            The exposure's ``sky_object_mask``: set as its DETECTED plane first
+            (:func:`apply_object_mask`).
 
         Raises
         ------
         TaskError
             If the model belongs to another visit.
         """
+        if object_mask is not None:
+            exposure = apply_object_mask(exposure, object_mask)
         cfg = self.config
         model = as_bundle(focal_plane_background, MODEL_KIND, ("model",))
         attrs = visit_attrs(exposure)

@@ -81,7 +81,7 @@ def test_without_sky_frames_nightly_calibrates_every_ccd_from_the_unchanged_expo
         assert np.isfinite(calexp.metadata["zero_point"])
         assert repo.exists("dia_source", visit=VISIT, detector=detector)
     # no sky frame: nothing was masked, modelled or fitted (the copy is the whole cost)
-    for dataset_type in ("sky_masked", "focal_plane_partial", "sky_frame_samples"):
+    for dataset_type in ("sky_object_mask", "focal_plane_partial", "sky_frame_samples"):
         assert repo.data_ids(dataset_type) == [], dataset_type
     assert not repo.exists("sky_scale", visit=VISIT)
     assert not repo.exists("focal_plane_background", visit=VISIT)
@@ -127,9 +127,9 @@ def test_on_a_cluster_only_ccds_with_a_sky_frame_are_masked_and_corrected(
     one_frame_on_a_cluster,
 ):
     repo = one_frame_on_a_cluster
-    # detector 4 has no sky frame: never masked (no sky_masked, no marker), copied unchanged
-    assert repo.data_ids("sky_masked", visit=VISIT) == [{"visit": VISIT, "detector": 3}]
-    assert repo.not_produced_ids("sky_masked") == []
+    # detector 4 has no sky frame: never masked (no sky_object_mask, no marker), copied unchanged
+    assert repo.data_ids("sky_object_mask", visit=VISIT) == [{"visit": VISIT, "detector": 3}]
+    assert repo.not_produced_ids("sky_object_mask") == []
     raw = repo.get("post_isr", visit=VISIT, detector=4)
     passed = repo.get("post_isr_skycorr", visit=VISIT, detector=4)
     assert np.array_equal(passed.image, raw.image)
