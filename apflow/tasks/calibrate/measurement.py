@@ -448,6 +448,10 @@ def _gaussian_weights(
     iyy = (-0.5 * wxx / det).astype(np.float32)[:, None, None]
     ixy = (wxy / det).astype(np.float32)[:, None, None]  # -0.5 * 2 * (-wxy / det)
     q = (ixx * dx * dx + iyy * dy * dy) + ixy * dx * dy
+    # The form is <= 0 for a positive-definite weight, but for a nearly degenerate one (an
+    # elongated object: a trail, a blend) its large terms cancel and float32 rounding leaves
+    # positive values that overflow exp.
+    np.minimum(q, 0.0, out=q)
     return np.exp(q, out=q), dx, dy
 
 

@@ -249,3 +249,20 @@ def test_psf_flux_with_a_local_sky_ignores_a_residual_sky_offset():
     # the free sky costs a little precision, not much
     ratio = local["psf_instflux_err"][0] / plain["psf_instflux_err"][0]
     assert 1.0 < ratio < 1.15
+
+
+def test_nearly_degenerate_weights_do_not_overflow():
+    """An elongated object drives the adaptive weight towards a degenerate covariance; in
+    float32 the exponent's terms then cancel badly and came out > 0 (exp overflowed, with a
+    RuntimeWarning in every worker log). The weight of a positive-definite covariance is <= 1."""
+    from apflow.tasks.calibrate.measurement import _gaussian_weights
+
+    grid = np.arange(-20, 21, dtype=np.float64)
+    # positive definite, correlation nearly -1, found by a search over nearly degenerate
+    # weights: float32 rounding gave the exponent 2048 at one pixel
+    weight = np.array([[31.607968146841365, 15.896873604781442, -22.415795197603668]])
+    assert weight[0, 0] * weight[0, 1] - weight[0, 2] ** 2 > 0
+    offset = np.array([[0.24146953, 0.35467963]])
+    with np.errstate(over="raise", invalid="raise"):
+        w, _, _ = _gaussian_weights(grid, offset, weight)
+    assert np.isfinite(w).all() and w.max() <= 1.0 and w.min() >= 0.0
