@@ -73,7 +73,7 @@ from apflow.apdb import Apdb
 from apflow.engine.workflow import load_workflow
 from apflow.io import Repository
 from apflow.io.alerts import load_alert_schema, read_alerts
-from apflow.sim import simulate
+from apflow.sim import nearest_truth_arcsec, simulate
 from apflow.tasks.dia.forced import psf_flux_at
 from apflow.tasks.sso import match_ephemerides
 
@@ -137,16 +137,6 @@ def _blended(
     return out
 
 
-def _nearest_arcsec(sources: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
-    """Distance (arcsec) from each source to the nearest truth object, one-to-one or not."""
-    if len(truth) == 0:
-        return np.full(len(sources), np.inf)
-    src = SkyCoord(sources["ra"].to_numpy(), sources["dec"].to_numpy(), unit="deg")
-    obj = SkyCoord(truth["ra"].to_numpy(), truth["dec"].to_numpy(), unit="deg")
-    _, distance, _ = src.match_to_catalog_sky(obj)
-    return distance.arcsec
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     from tests.engine.conftest import start_cluster
@@ -206,7 +196,7 @@ def collect(url: str) -> Run:
         sources["truth_ssObjectId"] = 0
         sources.loc[si, "truth_ssObjectId"] = truth["ssObjectId"].to_numpy()[ti]
         # a mover just off the CCD still explains a source on its edge: every object counts
-        sources["nearest_truth_arcsec"] = _nearest_arcsec(sources, visit_truth)
+        sources["nearest_truth_arcsec"] = nearest_truth_arcsec(sources, visit_truth)
         truths.append(truth)
         frames.append(sources)
     return Run(
